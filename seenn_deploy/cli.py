@@ -1,0 +1,267 @@
+"""The `seenn-deploy` command: a click group whose commands are thin calls into the library.
+
+Heavy modules (torch) are imported inside the commands, so `seenn-deploy --help` and the
+runtime commands work on a machine without torch. A UserError becomes one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from seenn_deploy import __version__
+from seenn_deploy.errors import UserError
+
+# -- options shared by several commands (defined once, as pip-tools does) -------------------
+data_option = click.option(
+    "--data", "data_spec", required=True, metavar="SPEC",
+    help="Dataset: digits | fashion-mnist:PATH | npz:FILE | imagefolder:DIR | cifar10:DIR.",
+)
+json_option = click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also write the results as JSON to this file ('-' for stdout).",
+)
+allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True, help="Allow .pt/.pth weights (read with torch.load(weights_only=True)).",
+)
+
+
+def emit_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
+    from seenn_deploy.files import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="seenn-deploy")
+def cli() -> None:
+    """Spiking neural networks with temporal early exit, from training to edge GPUs."""
+
+
+@cli.command("models")
+def models_cmd() -> None:
+    """List the registered model architectures."""
+    from seenn_deploy.snn.zoo import list_models
+
+    for entry in list_models():
+        kind = "snn" if entry.spiking else "ann"
+        click.echo(f"{entry.name:<16} {kind}  {entry.summary}")
+
+
+@cli.command("train")
+@click.option("--arch", required=True, help="Model name (see `seenn-deploy models`).")
+@data_option
+@click.option("--timesteps", "-T", type=int, required=True, help="Timesteps per sample in training.")
+@click.option("--epochs", type=int, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Checkpoint directory to create.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (SGD, cosine schedule).")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--lambda-mse", type=float, default=0.0, show_default=True, help="TET's lambda: weight of the MSE regulariser.")
+@click.option("--neuron", type=click.Choice(["lif", "if"]), default="lif", show_default=True)
+@click.option("--tau", type=float, default=0.5, show_default=True, help="LIF decay factor.")
+@click.option("--threshold", type=float, default=1.0, show_default=True)
+@click.option("--firing", type=click.Choice([">=", ">"]), default=">=", show_default=True)
+@click.option("--surrogate", type=click.Choice(["triangle", "tanh"]), default="triangle", show_default=True)
+@click.option("--surrogate-param", type=float, default=1.0, show_default=True, help="Triangle gamma, or tanh b.")
+@click.option("--width", type=int, default=None, help="Width multiplier for archs that take one (resnet20).")
+@click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip, for natural images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_decay, lambda_mse, neuron, tau,
+              threshold, firing, surrogate, surrogate_param, width, augment, seed, resume, quiet, json_path) -> None:
+    """Train an SNN with the TET loss and write a checkpoint directory."""
+    from seenn_deploy.lazy import require
+
+    require("torch", "training")
+    from seenn_deploy.snn.neuron_config import NeuronConfig
+    from seenn_deploy.train.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        arch=arch, data=data_spec, timesteps=timesteps, epochs=epochs, out=out, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, lambda_mse=lambda_mse,
+        neuron=NeuronConfig(kind=neuron, tau=tau, v_threshold=threshold, firing=firing, surrogate=surrogate,
+                            surrogate_param=surrogate_param),
+        model_kwargs={} if width is None else {"width": width}, augment=augment, seed=seed, resume=resume,
+    )
+    history = train(config, log=click.echo, progress=not quiet)
+    click.echo(f"checkpoint written to {out}")
+    emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
+
+
+@cli.command("evaluate")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@data_option
+@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
+@click.option("--timesteps", "-T", type=int, default=None, help="Timesteps to run (default: the checkpoint's).")
+@click.option("--samples", type=int, default=None, help="Evaluate the first N samples only.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@allow_pickle_option
+@json_option
+def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, allow_pickle, json_path) -> None:
+    """Per-timestep accuracy of a checkpoint (mean of the first t outputs, t = 1..T)."""
+    from seenn_deploy.lazy import require
+
+    require("torch", "evaluation")
+    from seenn_deploy.data import Normalisation, parse_data_spec
+    from seenn_deploy.snn.checkpoint import load_checkpoint
+    from seenn_deploy.train.evaluate import timestep_accuracy
+
+    source = parse_data_spec(data_spec)
+    model, config = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    data = source.load(split)
+    if samples is not None:
+        if samples < 1:
+            raise UserError(f"--samples must be >= 1, got {samples}")
+        data = data.subset(samples)
+    steps = timesteps or config.timesteps
+    if steps < 1:
+        raise UserError(f"--timesteps must be >= 1, got {steps}")
+    result = timestep_accuracy(model, data, Normalisation.from_dict(config.normalisation), steps, batch_size)
+    click.echo(f"{config.arch} on {data.name}, {result.samples} samples")
+    for t, acc in enumerate(result.accuracy, start=1):
+        click.echo(f"  T={t}: {100 * acc:.2f}%")
+    emit_json(json_path, {"checkpoint": str(checkpoint), "data": data.name, **result.to_dict()})
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--max-batch", type=int, default=256, show_default=True, help="Largest batch the graphs accept.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: a strongly typed FP16 graph (the precision lives in the graph).")
+@click.option("--accumulate", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="How the exit head accumulates logits over timesteps.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
+@click.option("--no-encoder-split", is_flag=True, help="Keep the first conv + BN in the step graph.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--factory", default=None, metavar="PKG.MODULE:FUNCTION",
+              help="Foreign model (SpikingJelly, snnTorch): a function that builds it; CHECKPOINT is then its weights file.")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="With --factory: one sample's shape.")
+@click.option("--timesteps", "-T", type=int, default=None, help="With --factory: T_max.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@allow_pickle_option
+def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, no_encoder_split, exporter,
+               factory, input_shape, timesteps, force, allow_pickle) -> None:
+    """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest."""
+    from seenn_deploy.lazy import require
+
+    require("torch", "export")
+    require("onnx", "export")
+    from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
+
+    options = ExportOptions(opset=opset, max_batch=max_batch, precision=precision, accumulate=accumulate,
+                            temperature=temperature, encoder_split=not no_encoder_split, exporter=exporter, force=force)
+    if factory is None:
+        if input_shape or timesteps:
+            raise UserError("--input-shape and --timesteps go with --factory; a checkpoint records both")
+        manifest = export_checkpoint(checkpoint, out, options, allow_pickle=allow_pickle)
+    else:
+        manifest = _export_factory(factory, checkpoint, out, input_shape, timesteps, options, allow_pickle)
+    graphs = ", ".join(f"{role}: {rel}" for role, rel in manifest.graphs.items())
+    click.echo(f"bundle written to {out} ({graphs}; {len(manifest.states)} states, T_max {manifest.timesteps}, "
+               f"{manifest.precision}, batch 1..{manifest.max_batch})")
+
+
+def _export_factory(factory, weights, out, input_shape, timesteps, options, allow_pickle):
+    import torch
+
+    from seenn_deploy.export.foreign import export_model, load_factory_model
+
+    if not input_shape or not timesteps:
+        raise UserError("--factory needs --input-shape C,H,W and --timesteps T")
+    try:
+        shape = tuple(int(v) for v in input_shape.split(","))
+    except ValueError:
+        raise UserError(f"--input-shape {input_shape!r} is not C,H,W integers, e.g. 1,28,28") from None
+    module = load_factory_model(factory, weights, allow_pickle)
+    return export_model(module, torch.zeros(1, *shape), out, timesteps=timesteps, options=options)
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@data_option
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="The source checkpoint (default: the one the bundle records).")
+@click.option("--samples", type=int, default=None, help="Verify on the first N samples of the test split.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--min-agreement", type=float, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 0.99).")
+@click.option("--max-flip-rate", type=float, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
+@allow_pickle_option
+@json_option
+def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, allow_pickle,
+               json_path) -> None:
+    """Compare the bundle's ONNX step loop with the torch reference on real data; exit 1 past tolerance."""
+    from seenn_deploy.lazy import require
+
+    require("torch", "verify")
+    from seenn_deploy.data import Normalisation, parse_data_spec
+    from seenn_deploy.export.exporter import file_sha256
+    from seenn_deploy.export.verify import verify_bundle
+    from seenn_deploy.runtime.manifest import read_manifest
+    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
+
+    manifest = read_manifest(bundle)
+    source = parse_data_spec(data_spec)
+    recorded = manifest.provenance.get("checkpoint")
+    checkpoint = checkpoint or (Path(recorded) if recorded else None)
+    if checkpoint is None:
+        raise UserError(f"{bundle} records no source checkpoint: pass --checkpoint")
+    model, config = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
+    expected_hash = manifest.provenance.get("checkpoint_sha256")
+    if expected_hash and file_sha256(weights) != expected_hash:
+        raise UserError(f"{checkpoint} is not the checkpoint {bundle} was exported from (weights hash differs): "
+                        "pass the right --checkpoint or re-export")
+    data = source.load("test")
+    if samples is not None:
+        if samples < 1:
+            raise UserError(f"--samples must be >= 1, got {samples}")
+        data = data.subset(samples)
+    report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
+                           min_agreement, max_flip_rate)
+    click.echo(f"{bundle} vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, {report.precision}")
+    for t in range(report.timesteps):
+        acc = ""
+        if report.bundle_accuracy is not None:
+            acc = f"  accuracy {100 * report.bundle_accuracy[t]:.2f}% (torch {100 * report.reference_accuracy[t]:.2f}%)"
+        click.echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
+                   f"{report.max_logit_diff[t]:.2e}{acc}")
+    click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
+    click.echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
+    emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
+    if not report.passed:
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="seenn-deploy", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

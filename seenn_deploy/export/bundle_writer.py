@@ -1,0 +1,56 @@
+"""Writing a bundle directory all at once: staged beside the target, renamed into place at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from seenn_deploy.errors import UserError
+from seenn_deploy.files import umask_mode, write_json_atomic
+from seenn_deploy.runtime.manifest import MANIFEST, Manifest
+
+
+def check_bundle_target(out: Path, force: bool) -> None:
+    """Refuse a target that holds anything but an old bundle (which --force may replace)."""
+    out = Path(out)
+    if not out.exists():
+        if not out.parent.exists():
+            raise UserError(f"cannot create bundle {out}: folder {out.parent} does not exist")
+        return
+    if not out.is_dir():
+        raise UserError(f"{out} exists and is a file, not a bundle: choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"{out} exists and is not a seenn-deploy bundle: choose another --out (nothing was written)")
+    if not force:
+        raise UserError(f"bundle {out} exists: pass --force to replace it, or choose another --out")
+
+
+@contextlib.contextmanager
+def staged_bundle(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory to fill; on success it replaces `out`, on failure it is removed."""
+    out = Path(out)
+    check_bundle_target(out, force)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(umask_mode(0o777))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / "bundle")
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    manifest.check()
+    write_json_atomic(Path(bundle) / MANIFEST, manifest.to_dict())

@@ -1,0 +1,173 @@
+"""Export a spiking model to a bundle: encoder.onnx (static inputs), step.onnx, policy.onnx, manifest.json."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seenn_deploy import __version__
+from seenn_deploy.data import Normalisation
+from seenn_deploy.errors import UserError
+from seenn_deploy.export.bundle_writer import staged_bundle, write_manifest
+from seenn_deploy.export.onnx_export import METADATA_KEY, GraphSpec, check_opset, export_graph
+from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
+from seenn_deploy.runtime.manifest import (
+    ACCUMULATIONS, CONFIDENCE, LOGITS, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest, StateInfo,
+)
+from seenn_deploy.snn.model import SpikingModel
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
+EXAMPLE_BATCH = 2
+
+
+@dataclass
+class ExportOptions:
+    """Settings of `seenn-deploy export`; see its --help."""
+
+    opset: int = 18
+    max_batch: int = 256
+    precision: str = "fp32"
+    accumulate: str = "mean"
+    temperature: float = 1.0
+    encoder_split: bool = True
+    exporter: str = "dynamo"
+    force: bool = False
+
+    def check(self) -> None:
+        check_opset(self.opset)
+        if self.max_batch < 1:
+            raise UserError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.accumulate not in ACCUMULATIONS:
+            raise UserError(f"--accumulate {self.accumulate!r} is not one of {', '.join(ACCUMULATIONS)}")
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class ExportSource:
+    """The model and what the bundle records about it."""
+
+    model: SpikingModel
+    timesteps: int
+    classes: list[str]
+    normalisation: Normalisation | None = None
+    event: bool = False
+    arch: str = ""
+    policy: nn.Module | None = None
+    candidates: list[int] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"seenn_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None = None) -> Manifest:
+    """Write the bundle for `source` to `out` (all or nothing) and return its manifest."""
+    options = options or ExportOptions()
+    options.check()
+    model = source.model
+    if not isinstance(model, SpikingModel):
+        raise UserError(f"export takes a SpikingModel, got {type(model).__name__}: wrap foreign models with export_model()")
+    if source.timesteps < 1:
+        raise UserError(f"timesteps must be >= 1, got {source.timesteps}")
+    if len(source.classes) != model.num_classes:
+        raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
+    dtype = DTYPES[options.precision]
+    model = copy.deepcopy(model).eval().to(device="cpu", dtype=dtype)
+    split = options.encoder_split and not source.event
+    channels = model.input_spec.channels
+    norm = source.normalisation or Normalisation(tuple([0.0] * channels), tuple([1.0] * channels))
+    sample = torch.zeros(EXAMPLE_BATCH, *model.input_spec.shape, dtype=dtype)
+    with torch.no_grad():
+        step_sample = model.encoder(sample) if split else sample
+    states = [StateInfo(s.name, s.shape, s.init, DTYPE_NAMES[options.precision]) for s in graph_states(model)]
+    manifest = Manifest(
+        graphs={"step": "step.onnx", **({"encoder": "encoder.onnx"} if split else {})},
+        input=InputInfo(
+            shape=((source.timesteps,) if source.event else ()) + model.input_spec.shape,
+            layout="TCHW" if source.event else "CHW",
+            kind="event" if source.event else "static",
+            mean=tuple(norm.mean), std=tuple(norm.std), dtype=DTYPE_NAMES[options.precision],
+        ),
+        step_input_shape=tuple(step_sample.shape[1:]),
+        states=states,
+        num_classes=model.num_classes,
+        classes=list(source.classes),
+        timesteps=source.timesteps,
+        exit=ExitInfo(kind="fixed", alpha=None, accumulate=options.accumulate, temperature=options.temperature,
+                      candidates=list(source.candidates)),
+        precision=options.precision,
+        max_batch=options.max_batch,
+        arch=source.arch,
+        provenance={**source.provenance, "exporter": f"seenn-deploy {__version__} (torch.onnx, {options.exporter})",
+                    "opset": options.opset, "versions": _versions(),
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    )
+    if source.policy is not None:
+        if not source.candidates:
+            raise UserError("a policy network needs its timestep candidates")
+        manifest.graphs["policy"] = "policy.onnx"
+    metadata = {METADATA_KEY: json.dumps(manifest.to_dict())}
+
+    def export(module: nn.Module, args: tuple, spec: GraphSpec, path: Path) -> None:
+        export_graph(module, args, spec, path, options.opset, options.max_batch, options.exporter, metadata)
+
+    with staged_bundle(out, options.force) as staging:
+        if split:
+            export(EncoderModule(model), (sample,), GraphSpec([X], ["encoded"]), staging / "encoder.onnx")
+        step = StepModule(model, states, options.accumulate, options.temperature, encoded=split)
+        reset = torch.zeros(EXAMPLE_BATCH, dtype=torch.bool)
+        state_args = [torch.full((EXAMPLE_BATCH, *s.shape), s.init, dtype=dtype) for s in states]
+        spec = GraphSpec([X, RESET, *[s.name for s in states]],
+                         [CONFIDENCE, PREDICTION, LOGITS, *[s.output for s in states]])
+        export(step, (step_sample, reset, *state_args), spec, staging / "step.onnx")
+        if source.policy is not None:
+            policy = copy.deepcopy(source.policy).eval().to(device="cpu", dtype=dtype)
+            export(policy, (sample,), GraphSpec([X], ["scores"]), staging / "policy.onnx")
+        write_manifest(staging, manifest)
+    return manifest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None = None,
+                      allow_pickle: bool = False) -> Manifest:
+    """Export a checkpoint directory made by `seenn-deploy train` (or convert)."""
+    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
+
+    options = options or ExportOptions()
+    options.check()
+    model, config = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    if not isinstance(model, SpikingModel):
+        raise UserError(f"{checkpoint} holds {config.arch}, which is not a spiking model")
+    weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
+    provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(weights),
+                  "data": config.data, "metrics": config.metrics}
+    source = ExportSource(
+        model=model, timesteps=config.timesteps, classes=config.classes,
+        normalisation=Normalisation.from_dict(config.normalisation), event=config.input_kind == "event",
+        arch=config.arch, provenance=provenance,
+    )
+    return export_bundle(source, out, options)

@@ -1,0 +1,129 @@
+"""`verify`: the torch reference (multi-step, from the source checkpoint) against the bundle's ONNX step loop.
+
+Predictions and logits are compared on the shipped graphs. Spikes are read from the shipped
+step graph too: every `Cast(GreaterOrEqual | Greater)` there is a neuron's spike output, and an
+ONNX Runtime session over a copy of the graph with those tensors added as outputs returns them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from seenn_deploy.data import ArrayDataset, Normalisation
+from seenn_deploy.errors import UserError
+from seenn_deploy.lazy import require
+from seenn_deploy.runtime.executors.ort import OrtExecutor
+from seenn_deploy.runtime.loop import run_timesteps
+from seenn_deploy.runtime.manifest import Manifest
+from seenn_deploy.snn.model import SpikingModel
+
+SPIKE_COMPARES = ("GreaterOrEqual", "Greater")
+# Defaults: FP32 must agree exactly up to rare ties; FP16 rounds membranes, so some spikes flip.
+TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2)}
+
+
+@dataclass
+class VerifyReport:
+    samples: int
+    timesteps: int
+    precision: str
+    agreement: list[float]  # per t: share of samples whose prediction matches the reference
+    max_logit_diff: list[float]  # per t: max |logit difference| (accumulated-mean logits)
+    spike_flip_rate: float  # mismatched spike elements / all spike elements, over layers and t
+    spike_layers: int
+    reference_accuracy: list[float] | None
+    bundle_accuracy: list[float] | None
+    min_agreement: float
+    max_flip_rate: float
+
+    @property
+    def passed(self) -> bool:
+        return min(self.agreement) >= self.min_agreement and self.spike_flip_rate <= self.max_flip_rate
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def spike_tensor_names(step_onnx: Path) -> list[str]:
+    """Names of the spike tensors (Cast of a threshold comparison) in graph order."""
+    onnx = require("onnx", "verify")
+    graph = onnx.load(str(step_onnx), load_external_data=False).graph
+    compares = {out for node in graph.node if node.op_type in SPIKE_COMPARES for out in node.output}
+    return [node.output[0] for node in graph.node if node.op_type == "Cast" and node.input[0] in compares]
+
+
+def with_outputs(step_onnx: Path, names: list[str]) -> bytes:
+    """The step graph with `names` added as (untyped) outputs."""
+    onnx = require("onnx", "verify")
+    proto = onnx.load(str(step_onnx))
+    for name in names:
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return proto.SerializeToString()
+
+
+@torch.no_grad()
+def reference_trace(model: SpikingModel, x: np.ndarray, normalisation: Normalisation, timesteps: int,
+                    batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Torch multi-step: logits [T, N, K] and each neuron's spikes [T, N, ...] in module order."""
+    from seenn_deploy.train.batches import model_input
+
+    logits, spikes = [], []
+    for start in range(0, len(x), batch_size):
+        xb = model_input(x[start : start + batch_size], normalisation, timesteps)
+        out, frame = model.run_steps(xb, timesteps)
+        logits.append(out.float().numpy())
+        spikes.append([s.reshape(timesteps, -1, *s.shape[1:]).float().numpy() for s in frame.spikes.values()])
+    layers = [np.concatenate([batch[i] for batch in spikes], axis=1) for i in range(len(spikes[0]))]
+    return np.concatenate(logits, axis=1), layers
+
+
+def cumulative_mean(logits: np.ndarray) -> np.ndarray:
+    return np.cumsum(logits.astype(np.float64), axis=0) / np.arange(1, len(logits) + 1).reshape(-1, 1, 1)
+
+
+def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: ArrayDataset,
+                  normalisation: Normalisation, batch_size: int = 256, min_agreement: float | None = None,
+                  max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`."""
+    steps = manifest.timesteps
+    default_agreement, default_flips = TOLERANCES[manifest.precision]
+    step_path = Path(bundle) / manifest.graphs["step"]
+    spike_names = spike_tensor_names(step_path)
+    step = OrtExecutor(with_outputs(step_path, spike_names), label=manifest.graphs["step"])
+    encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"]) if manifest.has_encoder else None
+    trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, tuple(spike_names), progress)
+    ref_logits, ref_spikes = reference_trace(model.float().eval(), data.x, normalisation, steps, batch_size)
+    if len(ref_spikes) != len(spike_names):
+        raise UserError(f"the step graph has {len(spike_names)} spike tensors but the model {len(ref_spikes)} "
+                        "neuron layers: the bundle does not come from this model")
+    ref_mean = cumulative_mean(ref_logits)
+    ref_pred = ref_mean.argmax(-1)
+    bundle_mean = cumulative_mean(trace.logits.astype(np.float64))
+    agreement = (trace.prediction == ref_pred).mean(axis=1)
+    max_diff = np.abs(bundle_mean - ref_mean).max(axis=(1, 2))
+    flips = total = 0
+    for name, ref in zip(spike_names, ref_spikes):
+        got = trace.extra[name]
+        if got.shape != ref.shape:
+            raise UserError(f"spike tensor {name} is {list(got.shape)} in the graph and {list(ref.shape)} in the model: "
+                            "the bundle does not come from this model")
+        flips += int((got.astype(np.float32) != ref).sum())
+        total += ref.size
+    labels = data.y
+
+    def accuracy(pred: np.ndarray) -> list[float] | None:
+        return None if labels is None else [float(v) for v in (pred == labels).mean(axis=1)]
+
+    return VerifyReport(
+        samples=len(data), timesteps=steps, precision=manifest.precision,
+        agreement=[float(a) for a in agreement], max_logit_diff=[float(d) for d in max_diff],
+        spike_flip_rate=flips / max(total, 1), spike_layers=len(spike_names),
+        reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(trace.prediction),
+        min_agreement=default_agreement if min_agreement is None else min_agreement,
+        max_flip_rate=default_flips if max_flip_rate is None else max_flip_rate,
+    )

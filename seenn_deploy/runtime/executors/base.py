@@ -1,0 +1,73 @@
+"""Template-method executor: `run` checks feeds and times the call; backends implement `_run_impl`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from seenn_deploy.errors import UserError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input: name, shape with None for the dynamic batch dimension, numpy dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def describe(self) -> str:
+        dims = ", ".join("B" if d is None else str(d) for d in self.shape)
+        return f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
+
+
+class Executor:
+    """Runs one graph: feeds by name -> outputs by name. A context manager; `close` frees the backend."""
+
+    def __init__(self, inputs: list[TensorInfo], outputs: list[str], label: str) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.label = label
+        self.calls = 0
+        self.seconds = 0.0
+
+    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        """UserError naming the expected input when a name, rank, size or dtype is off."""
+        expected = {i.name for i in self.inputs}
+        if set(feeds) != expected:
+            missing, extra = sorted(expected - set(feeds)), sorted(set(feeds) - expected)
+            raise UserError(f"{self.label}: inputs missing {missing}, unexpected {extra}; it takes "
+                            f"{', '.join(i.describe() for i in self.inputs)}")
+        batch = None
+        for info in self.inputs:
+            value = feeds[info.name]
+            shape_ok = value.ndim == len(info.shape) and all(d is None or d == v for d, v in zip(info.shape, value.shape))
+            if not shape_ok or value.dtype != info.dtype:
+                raise UserError(f"{self.label}: input {info.name} is {list(value.shape)} {value.dtype.name}, "
+                                f"expected {info.describe()}")
+            if batch is None:
+                batch = value.shape[0]
+            elif value.shape[0] != batch:
+                raise UserError(f"{self.label}: input {info.name} has batch {value.shape[0]}, others {batch}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        started = time.perf_counter()
+        out = self._run_impl(feeds)
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        return out
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free backend resources; the base holds none."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

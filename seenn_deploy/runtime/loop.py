@@ -1,0 +1,87 @@
+"""The plain timestep loop over a bundle: every sample runs T steps. The reference the scheduler is checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from seenn_deploy.errors import UserError
+from seenn_deploy.runtime.executors.base import Executor
+from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class StepTrace:
+    """Per-step outputs for N samples: logits [T, N, K], confidence [T, N], prediction [T, N]; `extra` by name."""
+
+    logits: np.ndarray
+    confidence: np.ndarray
+    prediction: np.ndarray
+    extra: dict[str, np.ndarray]
+
+
+def normalise(manifest: Manifest, x: np.ndarray) -> np.ndarray:
+    """The bundle's input normalisation, per channel (axis -3), in the bundle's dtype."""
+    mean = np.asarray(manifest.input.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(manifest.input.std, np.float32).reshape(-1, 1, 1)
+    return ((x.astype(np.float32) - mean) / std).astype(NUMPY_DTYPES[manifest.input.dtype])
+
+
+def check_samples(manifest: Manifest, x: np.ndarray) -> None:
+    expected = manifest.input.shape
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected):
+        if manifest.input.kind == "event" and x.ndim == len(expected) + 1 and tuple(x.shape[2:]) == tuple(expected[1:]):
+            return  # event data may carry more frames than T_max; the loop reads the ones it needs
+        raise UserError(f"samples of shape {list(x.shape[1:])} do not fit the bundle, which takes "
+                        f"[N, {', '.join(map(str, expected))}] ({manifest.input.layout})")
+
+
+def run_timesteps(manifest: Manifest, step: Executor, x: np.ndarray, timesteps: int | None = None,
+                  encoder: Executor | None = None, batch_size: int = 256, extra_outputs: tuple[str, ...] = (),
+                  progress: Callable[[int], None] | None = None) -> StepTrace:
+    """Run every sample of x (raw, un-normalised, [N, ...]) for `timesteps` (default T_max) steps."""
+    steps = timesteps or manifest.timesteps
+    check_samples(manifest, x)
+    if manifest.input.kind == "event" and x.shape[1] < steps:
+        raise UserError(f"event samples have {x.shape[1]} frames; {steps} timesteps need as many")
+    dtype = NUMPY_DTYPES[manifest.input.dtype]
+    logits, conf, pred = [], [], []
+    extra: dict[str, list[np.ndarray]] = {name: [] for name in extra_outputs}
+    for start in range(0, len(x), batch_size):
+        xb = normalise(manifest, x[start : start + batch_size])
+        b = len(xb)
+        states = {s.name: np.full((b, *s.shape), s.init, dtype=NUMPY_DTYPES[s.dtype]) for s in manifest.states}
+        reset = np.zeros(b, dtype=np.bool_)
+        static = encoder.run({X: xb})["encoded"] if encoder is not None else xb
+        per_step = {LOGITS: [], CONFIDENCE: [], PREDICTION: [], **{n: [] for n in extra_outputs}}
+        for t in range(steps):
+            frame = xb[:, t] if manifest.input.kind == "event" else static
+            out = step.run({X: frame, RESET: reset, **states})
+            states = {s.name: out[s.output] for s in manifest.states}
+            for name in per_step:
+                per_step[name].append(out[name])
+        logits.append(np.stack(per_step[LOGITS]))
+        conf.append(np.stack(per_step[CONFIDENCE]))
+        pred.append(np.stack(per_step[PREDICTION]))
+        for name in extra_outputs:
+            extra[name].append(np.stack(per_step[name]))
+        if progress is not None:
+            progress(b)
+    return StepTrace(
+        logits=np.concatenate(logits, axis=1), confidence=np.concatenate(conf, axis=1),
+        prediction=np.concatenate(pred, axis=1), extra={n: np.concatenate(v, axis=1) for n, v in extra.items()},
+    )
+
+
+def open_bundle_graphs(bundle: Path, manifest: Manifest, providers=None) -> tuple[Executor, Executor | None]:
+    """(step, encoder or None) ORT executors for a bundle."""
+    from seenn_deploy.runtime.executors.ort import OrtExecutor
+
+    step = OrtExecutor(Path(bundle) / manifest.graphs["step"], providers)
+    encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"], providers) if manifest.has_encoder else None
+    return step, encoder

@@ -1,0 +1,1 @@
+"""The PyTorch side: neurons, explicit state, the model contract, model zoo, checkpoints."""

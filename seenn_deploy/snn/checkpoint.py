@@ -1,0 +1,142 @@
+"""Checkpoints: a directory with `weights.safetensors` and `config.json`.
+
+config.json records everything later stages need to rebuild and feed the model the same way:
+arch and its kwargs (neurons included), timesteps, input normalisation, class names, metrics.
+Pickle weights (`.pt` / `.pth`) load only when the caller allows it, with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seenn_deploy.errors import UserError
+from seenn_deploy.files import write_atomic, write_json_atomic
+from seenn_deploy.lazy import require
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT = "seenn-deploy.checkpoint"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass
+class CheckpointConfig:
+    """What config.json holds. `model` are the create_model kwargs (JSON values only)."""
+
+    arch: str
+    model: dict[str, Any]
+    timesteps: int
+    normalisation: dict[str, Any]
+    classes: list[str]
+    data: str = ""
+    input_kind: str = "static"  # "static" images (direct encoding) or "event" frames, one per timestep
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path) -> "CheckpointConfig":
+        if data.get("format") != FORMAT:
+            raise UserError(f"{source} is not a seenn-deploy checkpoint config (format {data.get('format')!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise UserError(
+                f"{source} has checkpoint format version {data.get('version')}; this seenn-deploy reads "
+                f"version {FORMAT_VERSION}: upgrade seenn-deploy"
+            )
+        required = ("arch", "model", "timesteps", "normalisation", "classes")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise UserError(f"{source} lacks {', '.join(missing)}: re-save the checkpoint with seenn-deploy")
+        keys = {"arch", "model", "timesteps", "normalisation", "classes", "data", "input_kind", "metrics", "training"}
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+    def build_model(self) -> nn.Module:
+        from seenn_deploy.snn.zoo import create_model
+
+        return create_model(self.arch, **self.model)
+
+
+def save_checkpoint(directory: Path, model: nn.Module, config: CheckpointConfig) -> None:
+    """Write weights then config, each atomically, into an existing directory."""
+    st = require("safetensors.torch", "checkpoints")
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_atomic(directory / WEIGHTS_FILE, lambda tmp: st.save_file(tensors, str(tmp)))
+    write_json_atomic(directory / CONFIG_FILE, config.to_dict())
+
+
+def read_config(path: Path) -> CheckpointConfig:
+    path = Path(path)
+    config_path = path / CONFIG_FILE if path.is_dir() else path.with_name(CONFIG_FILE)
+    if not config_path.is_file():
+        raise UserError(
+            f"no {CONFIG_FILE} beside {path}: a checkpoint is a directory made by `seenn-deploy train` "
+            f"(or, for .pt/.pth weights, a {CONFIG_FILE} in the same folder)"
+        )
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{config_path} is not valid JSON ({exc}): the checkpoint is corrupt; retrain or restore it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{config_path} is not a JSON object: the checkpoint is corrupt")
+    return CheckpointConfig.from_dict(data, config_path)
+
+
+def _weights_path(path: Path) -> Path:
+    if path.is_dir():
+        return path / WEIGHTS_FILE
+    return path
+
+
+def _read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: the checkpoint is incomplete")
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UserError(
+                f"{path} is a pickle file, which can run code when loaded: pass --allow-pickle if you trust it "
+                "(it is then read with torch.load(weights_only=True))"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+            raise UserError(f"cannot read {path} with weights_only=True: {exc}".splitlines()[0]) from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise UserError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+        return state
+    st = require("safetensors.torch", "checkpoints")
+    try:
+        return st.load_file(str(path))
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on corrupt headers
+        raise UserError(f"{path} is not a readable safetensors file ({exc}): the checkpoint is corrupt") from None
+
+
+def load_checkpoint(path: Path, allow_pickle: bool = False) -> tuple[nn.Module, CheckpointConfig]:
+    """Rebuild the model from config.json and load its weights; eval mode. Path: the directory or a weights file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    config = read_config(path)
+    model = config.build_model()
+    state = _read_weights(_weights_path(path), allow_pickle)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(
+            f"weights in {path} do not fit arch {config.arch!r} with {config.model}: {first}; "
+            "check that config.json belongs to these weights"
+        ) from None
+    return model.eval(), config
+

@@ -1,0 +1,1 @@
+"""Training (TET) and per-timestep evaluation."""
