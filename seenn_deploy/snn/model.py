@@ -55,7 +55,8 @@ class SpikingModel(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                probe = torch.zeros(1, *self.input_spec.shape, device=self._device())
+                param = next(self.parameters())
+                probe = torch.zeros(1, *self.input_spec.shape, device=param.device, dtype=param.dtype)
                 frame = Frame(self._owners())
                 self.body(self.encoder(probe), frame)
         finally:
