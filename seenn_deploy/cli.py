@@ -248,6 +248,44 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
         sys.exit(1)
 
 
+@cli.command("run")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@data_option
+@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
+@click.option("--samples", type=int, default=None, help="Run the first N samples only.")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy",
+              help="Exit policy (default: the bundle's calibrated one, else fixed:T_max).")
+@click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@json_option
+def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, threads, json_path) -> None:
+    """Run a bundle over a dataset with early exit: accuracy, average timesteps, exit histogram, throughput."""
+    from seenn_deploy.data import parse_data_spec
+    from seenn_deploy.runtime.api import Runtime
+    from seenn_deploy.runtime.report import summarise
+
+    source = parse_data_spec(data_spec)
+    options = {"threads": threads} if backend == "ort" else {}
+    with Runtime.from_bundle(bundle, backend=backend, exit=exit_spec, mode=mode, batch=batch, **options) as runtime:
+        data = source.load(split)
+        if samples is not None:
+            if samples < 1:
+                raise UserError(f"--samples must be >= 1, got {samples}")
+            data = data.subset(samples)
+        import time
+
+        started = time.perf_counter()
+        results = runtime.infer(data.x)
+        seconds = time.perf_counter() - started
+        summary = summarise(results, data.y, runtime.manifest.timesteps, seconds)
+    click.echo(f"{bundle} on {data.name}: {backend}, {runtime.exit.describe()}, {mode} mode, batch {batch}")
+    click.echo(summary.text())
+    emit_json(json_path, {"bundle": str(bundle), "data": data.name, "backend": backend, "exit": runtime.exit.describe(),
+                          "mode": mode, "batch": batch, **summary.to_dict()})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit code 2."""
     try:

@@ -155,7 +155,7 @@ def file_sha256(path: Path) -> str:
 def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None = None,
                       allow_pickle: bool = False) -> Manifest:
     """Export a checkpoint directory made by `seenn-deploy train` (or convert)."""
-    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
+    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
 
     options = options or ExportOptions()
     options.check()
@@ -165,8 +165,10 @@ def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None
     weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
     provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(weights),
                   "data": config.data, "metrics": config.metrics}
+    policy = load_policy(checkpoint, config) if Path(checkpoint).is_dir() else None
     source = ExportSource(
         model=model, timesteps=config.timesteps, classes=config.classes,
+        policy=policy[0] if policy else None, candidates=policy[1] if policy else [],
         normalisation=Normalisation.from_dict(config.normalisation), event=config.input_kind == "event",
         arch=config.arch, provenance=provenance,
     )

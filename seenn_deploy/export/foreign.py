@@ -63,8 +63,13 @@ class ForeignModel(SpikingModel):
             raise UserError(f"step_mode {step_mode!r} is not one of {', '.join(STEP_MODES)} (or None to detect it)")
         if readout not in READOUTS:
             raise UserError(f"readout {readout!r} is not one of {', '.join(READOUTS)}")
-        self.framework = detect_framework(module) if framework == "auto" else framework
-        adapter = get_adapter(self.framework)
+        if framework != "auto" and framework not in FRAMEWORKS:
+            raise UserError(f"framework {framework!r} is not one of auto, {', '.join(FRAMEWORKS)}")
+        found = detect_framework(module)
+        if framework not in ("auto", found):
+            raise UserError(f"the model is built from {found} modules, not {framework}: pass framework='{found}' or 'auto'")
+        self.framework = found
+        adapter = get_adapter(found)
         multi_step = adapter.is_multi_step(module) if step_mode is None else step_mode == "m"
         self.encoder = nn.Identity()
         self.body = ForeignBody(adapter.convert(copy.deepcopy(module)), multi_step, readout)
@@ -157,8 +162,6 @@ def export_model(module: nn.Module, sample_input: Tensor, out_dir: Path, *, time
     rate-coded convention) or "membrane" (often the better calibrated confidence).
     `event`: the bundle takes a new frame per timestep (DVS) instead of repeating a static image.
     """
-    if framework != "auto" and framework not in FRAMEWORKS:
-        raise UserError(f"framework {framework!r} is not one of auto, {', '.join(FRAMEWORKS)}")
     if not isinstance(timesteps, int) or timesteps < 1:
         raise UserError(f"timesteps must be an int >= 1, got {timesteps!r}")
     sample = _check_sample(sample_input)

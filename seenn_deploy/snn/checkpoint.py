@@ -21,6 +21,7 @@ from seenn_deploy.lazy import require
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+POLICY_WEIGHTS_FILE = "policy.safetensors"
 FORMAT = "seenn-deploy.checkpoint"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth")
@@ -39,6 +40,8 @@ class CheckpointConfig:
     input_kind: str = "static"  # "static" images (direct encoding) or "event" frames, one per timestep
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # SEENN-II: {"arch": ..., "model": {...create_model kwargs}, "candidates": [T_1, ...]}; weights in policy.safetensors
+    policy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
@@ -56,7 +59,8 @@ class CheckpointConfig:
         missing = [k for k in required if k not in data]
         if missing:
             raise UserError(f"{source} lacks {', '.join(missing)}: re-save the checkpoint with seenn-deploy")
-        keys = {"arch", "model", "timesteps", "normalisation", "classes", "data", "input_kind", "metrics", "training"}
+        keys = {"arch", "model", "timesteps", "normalisation", "classes", "data", "input_kind", "metrics", "training",
+                "policy"}
         return cls(**{k: v for k, v in data.items() if k in keys})
 
     def build_model(self) -> nn.Module:
@@ -65,12 +69,20 @@ class CheckpointConfig:
         return create_model(self.arch, **self.model)
 
 
-def save_checkpoint(directory: Path, model: nn.Module, config: CheckpointConfig) -> None:
-    """Write weights then config, each atomically, into an existing directory."""
+def _save_weights(path: Path, module: nn.Module) -> None:
     st = require("safetensors.torch", "checkpoints")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    write_atomic(path, lambda tmp: st.save_file(tensors, str(tmp)))
+
+
+def save_checkpoint(directory: Path, model: nn.Module, config: CheckpointConfig, policy: nn.Module | None = None) -> None:
+    """Write weights (and the SEENN-II policy's) then config, each atomically, into an existing directory."""
     directory = Path(directory)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    write_atomic(directory / WEIGHTS_FILE, lambda tmp: st.save_file(tensors, str(tmp)))
+    if (policy is None) != (config.policy is None):
+        raise UserError("a policy network and config.policy go together: give both or neither")
+    _save_weights(directory / WEIGHTS_FILE, model)
+    if policy is not None:
+        _save_weights(directory / POLICY_WEIGHTS_FILE, policy)
     write_json_atomic(directory / CONFIG_FILE, config.to_dict())
 
 
@@ -122,21 +134,41 @@ def _read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({exc}): the checkpoint is corrupt") from None
 
 
+def _load_into(model: nn.Module, state: dict, path: Path, arch: str, kwargs: dict) -> nn.Module:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(
+            f"weights in {path} do not fit arch {arch!r} with {kwargs}: {first}; "
+            "check that config.json belongs to these weights"
+        ) from None
+    return model.eval()
+
+
 def load_checkpoint(path: Path, allow_pickle: bool = False) -> tuple[nn.Module, CheckpointConfig]:
     """Rebuild the model from config.json and load its weights; eval mode. Path: the directory or a weights file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     config = read_config(path)
-    model = config.build_model()
     state = _read_weights(_weights_path(path), allow_pickle)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(
-            f"weights in {path} do not fit arch {config.arch!r} with {config.model}: {first}; "
-            "check that config.json belongs to these weights"
-        ) from None
-    return model.eval(), config
+    return _load_into(config.build_model(), state, path, config.arch, config.model), config
+
+
+def load_policy(path: Path, config: CheckpointConfig) -> tuple[nn.Module, list[int]] | None:
+    """The SEENN-II policy network of a checkpoint directory and its timestep candidates, or None."""
+    if config.policy is None:
+        return None
+    from seenn_deploy.snn.zoo import create_model
+
+    spec = config.policy
+    candidates = [int(c) for c in spec.get("candidates", [])]
+    if not candidates or any(c < 1 or c > config.timesteps for c in candidates):
+        raise UserError(f"config.policy candidates {candidates} must be timesteps in 1..{config.timesteps}")
+    weights = Path(path) / POLICY_WEIGHTS_FILE
+    policy = create_model(spec["arch"], **spec.get("model", {}))
+    if getattr(policy, "num_classes", len(candidates)) != len(candidates):
+        raise UserError(f"the policy scores {policy.num_classes} candidates but config.policy lists {len(candidates)}")
+    return _load_into(policy, _read_weights(weights, False), weights, spec["arch"], spec.get("model", {})), candidates
 

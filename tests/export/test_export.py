@@ -58,22 +58,7 @@ def test_zoo_model_exports_and_its_step_loop_matches_torch(name, tmp_path):
     np.testing.assert_allclose(trace.logits, expected.numpy(), atol=2e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits") / "ckpt"
-    train(TrainConfig(arch="spiking_cnn", data="digits", timesteps=4, epochs=3, out=out, batch_size=64),
-          log=lambda s: None, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(digits_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "digits.seenn"
-    export_checkpoint(digits_run, out, ExportOptions(max_batch=256))
-    return out
-
-
-def test_bundle_manifest_describes_the_graphs(digits_bundle, digits_run):
+def test_bundle_manifest_describes_the_graphs(digits_bundle, digits_checkpoint):
     manifest = read_manifest(digits_bundle)
     assert manifest.graphs == {"step": "step.onnx", "encoder": "encoder.onnx"}
     assert manifest.timesteps == 4 and manifest.input.shape == (1, 8, 8) and manifest.input.kind == "static"
@@ -126,8 +111,8 @@ def test_confidence_is_the_max_softmax_of_accumulated_logits(digits_bundle):
     assert np.array_equal(trace.prediction, mean.argmax(-1))
 
 
-def test_fp16_bundle_agrees_with_fp32(digits_run, tmp_path):
-    manifest = export_checkpoint(digits_run, tmp_path / "fp16", ExportOptions(precision="fp16"))
+def test_fp16_bundle_agrees_with_fp32(digits_checkpoint, tmp_path):
+    manifest = export_checkpoint(digits_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16"))
     assert manifest.precision == "fp16" and manifest.input.dtype == "float16"
     graph = onnx.load(str(tmp_path / "fp16" / "step.onnx"))
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -136,7 +121,7 @@ def test_fp16_bundle_agrees_with_fp32(digits_run, tmp_path):
     data = parse_data_spec("digits").load("test")
     step, encoder = open_bundle_graphs(tmp_path / "fp16", manifest)
     half = run_timesteps(manifest, step, data.x, encoder=encoder)
-    full_manifest = export_checkpoint(digits_run, tmp_path / "fp32")
+    full_manifest = export_checkpoint(digits_checkpoint, tmp_path / "fp32")
     step, encoder = open_bundle_graphs(tmp_path / "fp32", full_manifest)
     full = run_timesteps(full_manifest, step, data.x, encoder=encoder)
     assert (half.prediction == full.prediction).mean() >= 0.98
@@ -157,7 +142,7 @@ def test_verify_passes_on_the_exported_bundle_and_fails_past_tolerance(digits_bu
     assert strict.returncode == 1 and "FAIL" in strict.stdout
 
 
-def test_verify_refuses_another_checkpoint(digits_bundle, digits_run, tmp_path):
+def test_verify_refuses_another_checkpoint(digits_bundle, digits_checkpoint, tmp_path):
     other = tmp_path / "other"
     train(TrainConfig(arch="spiking_cnn", data="digits", timesteps=4, epochs=1, out=other, seed=1),
           log=lambda s: None, progress=False)
@@ -169,32 +154,32 @@ def no_partials(folder):
     return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name] == []
 
 
-def test_export_bad_input_is_refused_and_writes_nothing(digits_run, tmp_path):
+def test_export_bad_input_is_refused_and_writes_nothing(digits_checkpoint, tmp_path):
     (tmp_path / "notabundle").mkdir()
     (tmp_path / "notabundle" / "photo.jpg").write_text("x")
-    result = cli("export", digits_run, "--out", tmp_path / "notabundle")
+    result = cli("export", digits_checkpoint, "--out", tmp_path / "notabundle")
     assert result.returncode == 2 and "not a seenn-deploy bundle" in result.stderr
     assert [p.name for p in (tmp_path / "notabundle").iterdir()] == ["photo.jpg"]
-    result = cli("export", digits_run, "--out", tmp_path / "b", "--max-batch", "0")
+    result = cli("export", digits_checkpoint, "--out", tmp_path / "b", "--max-batch", "0")
     assert result.returncode == 2 and "--max-batch" in result.stderr and not (tmp_path / "b").exists()
     no_config = tmp_path / "noconfig"
     no_config.mkdir()
-    (no_config / "weights.safetensors").write_bytes((digits_run / "weights.safetensors").read_bytes())
+    (no_config / "weights.safetensors").write_bytes((digits_checkpoint / "weights.safetensors").read_bytes())
     result = cli("export", no_config, "--out", tmp_path / "c")
     assert result.returncode == 2 and "config.json" in result.stderr and not (tmp_path / "c").exists()
     assert no_partials(tmp_path)
 
 
-def test_existing_bundle_needs_force(digits_run, digits_bundle, tmp_path):
+def test_existing_bundle_needs_force(digits_checkpoint, digits_bundle, tmp_path):
     out = tmp_path / "b"
-    export_checkpoint(digits_run, out)
+    export_checkpoint(digits_checkpoint, out)
     with pytest.raises(UserError, match="--force"):
-        export_checkpoint(digits_run, out)
-    export_checkpoint(digits_run, out, ExportOptions(force=True, accumulate="sum"))
+        export_checkpoint(digits_checkpoint, out)
+    export_checkpoint(digits_checkpoint, out, ExportOptions(force=True, accumulate="sum"))
     assert read_manifest(out).exit.accumulate == "sum" and no_partials(tmp_path)
 
 
-def test_a_failing_export_leaves_nothing(digits_run, tmp_path, monkeypatch):
+def test_a_failing_export_leaves_nothing(digits_checkpoint, tmp_path, monkeypatch):
     import seenn_deploy.export.exporter as exporter
 
     def boom(*args, **kwargs):
@@ -202,5 +187,27 @@ def test_a_failing_export_leaves_nothing(digits_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(exporter, "export_graph", boom)
     with pytest.raises(RuntimeError):
-        export_checkpoint(digits_run, tmp_path / "b")
+        export_checkpoint(digits_checkpoint, tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_with_a_policy_exports_policy_onnx(digits_checkpoint, tmp_path):
+    from seenn_deploy.snn.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(digits_checkpoint)
+    policy = randomise(create_model("policy_resnet8", num_classes=3, in_channels=1, image_size=8))
+    config.policy = {"arch": "policy_resnet8", "model": {"num_classes": 3, "in_channels": 1, "image_size": 8},
+                     "candidates": [1, 2, 4]}
+    ckpt = tmp_path / "with_policy"
+    ckpt.mkdir()
+    save_checkpoint(ckpt, model, config, policy=policy)
+    manifest = export_checkpoint(ckpt, tmp_path / "b")
+    assert manifest.graphs["policy"] == "policy.onnx" and manifest.exit.candidates == [1, 2, 4]
+    x = np.random.default_rng(4).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    scores = OrtExecutor(tmp_path / "b" / "policy.onnx").run({"x": x})["scores"]
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, policy(torch.from_numpy(x)).numpy(), atol=1e-5)
+    config.policy["candidates"] = [1, 9]
+    save_checkpoint(ckpt, model, config, policy=create_model("policy_resnet8", num_classes=2, in_channels=1, image_size=8))
+    with pytest.raises(UserError, match="candidates"):
+        export_checkpoint(ckpt, tmp_path / "c")

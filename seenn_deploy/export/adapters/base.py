@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
+from seenn_deploy.export.adapters.layers import prepare_batchnorms
 from seenn_deploy.snn.neurons import SpikingNeuron
 from seenn_deploy.snn.state import Frame, Stateful
 from seenn_deploy.snn.surrogate import FiringCondition, spike
@@ -222,13 +223,21 @@ class Adapter:
 
     # -- the walk ---------------------------------------------------------------------------
     def convert(self, root: nn.Module) -> nn.Module:
-        """Replace, in place, every foreign neuron of `root` (eval only); UserError naming the first unsupported module."""
-        kind = self._classify(root, "(the model itself)")
+        """Replace every foreign neuron of `root` (changed in place; eval only); UserError naming the first unsupported module.
+
+        Then the stateless rewrites: the framework's own (`restructure`), and BatchNorms that
+        the exporter cannot fold into a conv become ExportBatchNorm.
+        """
+        kind = self._classify(root, "")
         if kind == "neuron":
             return self.neurons[type(root)](root, "")
         if kind == "identity":
             return nn.Identity()
         self._convert_children(root, "")
+        return prepare_batchnorms(self.restructure(root))
+
+    def restructure(self, root: nn.Module) -> nn.Module:
+        """Framework-specific stateless rewrites that keep outputs bit-identical (none by default)."""
         return root
 
     def _convert_children(self, module: nn.Module, prefix: str) -> None:
@@ -251,7 +260,7 @@ class Adapter:
         stateful = isinstance(module, self.stateful_bases)
         if stateful or (self.is_foreign(module) and not isinstance(module, self.stateless)):
             raise UserError(
-                f"{path} is {cls.__module__}.{cls.__qualname__}, which {'keeps state between timesteps' if stateful else 'is not a known stateless layer'} "
+                f"{path or 'the model'} is {cls.__module__}.{cls.__qualname__}, which {'keeps state between timesteps' if stateful else 'is not a known stateless layer'} "
                 f"and has no state-explicit equivalent here; supported {self.name} neurons: {self.supported()} "
                 "(plain torch layers and stateless layers pass): rebuild the model with those"
             )

@@ -17,18 +17,24 @@ and the membrane starts at v_reset (hard) or 0 (soft). detach_reset and the surr
 change gradients; the surrogate is probed to confirm it spikes with `>=` in eval.
 
 Stateless `layer.*` wrappers (Conv2d, BatchNorm2d, Linear, Flatten, pooling, ...) and the
-SeqToANNContainer / MultiStepContainer / StepModeContainer containers run as they are: in step
-mode 'm' they fold [T, B] into the batch themselves. `layer.Dropout` is the identity in eval.
-Anything else that keeps state (a `base.MemoryModule`) or is an unknown SpikingJelly module is refused.
+SeqToANNContainer / MultiStepContainer / StepModeContainer containers keep working: in step mode
+'m' they fold [T, B] into the batch themselves. Where several follow each other in an
+nn.Sequential, they are merged into one `FoldTime` (fold once, run them, unfold: the same
+numbers, and a conv stays next to its BatchNorm for the exporter to fold). `layer.Dropout` is
+the identity in eval. Anything else that keeps state (a `base.MemoryModule`) or is an unknown
+SpikingJelly module is refused.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.adapters.base import Adapter, ForeignNeuron, firing_condition, read_output
+from seenn_deploy.export.adapters.layers import FoldTime
 from seenn_deploy.lazy import require
 
 PACKAGE = "spikingjelly"
@@ -137,6 +143,48 @@ class SpikingJellyAdapter(Adapter):
         self.stateless = tuple(c for c in (getattr(layer, n, None) for n in names) if isinstance(c, type))
         self.identity_in_eval = tuple(c for c in (getattr(layer, n, None) for n in ("Dropout", "Dropout2d")) if c)
         self.stateful_bases = (base.MemoryModule,)
+        # stateless layers whose step mode 'm' is exactly their 's' forward on [T*B, ...]
+        folding = [*wrappers.__all__, "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "VotingLayer"]
+        self.wrappers = tuple(c for c in (getattr(layer, n, None) for n in folding) if isinstance(c, type))
+        self.seq_to_ann = (layer.SeqToANNContainer,)
+
+    def restructure(self, root: nn.Module) -> nn.Module:
+        """Merge runs of multi-step stateless layers in every nn.Sequential into one FoldTime (in place).
+
+        The merged block keeps the name of its first layer, so the neurons keep their names.
+        """
+        for module in list(root.modules()):
+            if type(module).forward is nn.Sequential.forward:
+                self._merge_runs(module)
+        return root
+
+    def _merge_runs(self, sequential: nn.Sequential) -> None:
+        merged: OrderedDict[str, nn.Module] = OrderedDict()
+        run: list[nn.Module] = []
+        run_name = ""
+        for name, child in sequential._modules.items():
+            layers = self._time_folded(child)
+            if layers is None:
+                if run:
+                    merged[run_name] = FoldTime(nn.Sequential(*run))
+                    run = []
+                merged[name] = child
+            else:
+                run_name = run_name if run else name
+                run.extend(layers)
+        if run:
+            merged[run_name] = FoldTime(nn.Sequential(*run))
+        sequential._modules.clear()
+        sequential._modules.update(merged)
+
+    def _time_folded(self, module: nn.Module) -> list[nn.Module] | None:
+        """The single-step layers that compute `module` on [T*B, ...], if it is a multi-step stateless layer."""
+        if isinstance(module, self.seq_to_ann):
+            return list(module.children())
+        if isinstance(module, self.wrappers) and _step_mode(module) == "m":
+            module.step_mode = "s"
+            return [module]
+        return None
 
     def is_multi_step(self, module: nn.Module) -> bool:
         """A module is multi-step ([T, B, ...] in) when any part of it is: a single-step model has no 'm' module."""

@@ -55,10 +55,11 @@ class Executor:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)
         started = time.perf_counter()
-        out = self._run_impl(feeds)
-        self.seconds += time.perf_counter() - started
-        self.calls += 1
-        return out
+        try:
+            return self._run_impl(feeds)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -1,0 +1,283 @@
+"""Schedulers: which samples share each step's batch.
+
+* `SlotScheduler` (slot mode): B fixed slots; an exited slot takes the next queued sample at
+  the next step with `reset` set, so shapes never change (a captured CUDA graph stays valid).
+* `CompactScheduler` (compact mode): exited rows leave and the batch shrinks; new samples join
+  up to B rows. Best where cost is linear in batch size (CPU).
+* `NaiveScheduler` (naive mode): a wave of B samples runs until its slowest sample exits; the
+  baseline the other two are measured against.
+
+All three give every sample exactly the same result it gets alone: rows never interact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seenn_deploy.errors import UserError
+from seenn_deploy.runtime.executors.base import Executor
+from seenn_deploy.runtime.exit import ExitPolicy
+from seenn_deploy.runtime.manifest import CONFIDENCE, PREDICTION, RESET, X, Manifest
+
+MODES = ("slots", "compact", "naive")
+
+
+@dataclass
+class Request:
+    """One sample: normalised input (the bundle's input shape), and where its answer goes."""
+
+    x: np.ndarray
+    submitted: float = field(default_factory=time.perf_counter)
+    future: Future | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """prediction, its confidence, timesteps used, and seconds from submission to answer."""
+
+    prediction: int
+    confidence: float
+    timesteps: int
+    latency: float
+
+
+Outcome = tuple[Request, "Result | BaseException"]
+
+
+class Scheduler:
+    """Shared machinery: admission (encoder + exit budgets), one step, exit decisions."""
+
+    def __init__(self, manifest: Manifest, step: Executor, exit_policy: ExitPolicy, batch: int,
+                 encoder: Executor | None = None) -> None:
+        if batch < 1 or batch > manifest.max_batch:
+            raise UserError(f"--batch {batch} is outside 1..{manifest.max_batch} (the bundle's max batch)")
+        self.manifest = manifest
+        self.step_executor = step
+        self.encoder = encoder
+        self.exit = exit_policy
+        self.batch = batch
+        self.event = manifest.input.kind == "event"
+        self.pending: deque[Request] = deque()
+        self.steps_run = 0  # step calls, for statistics
+        self.rows_run = 0  # rows computed over all step calls (occupied or not)
+
+    # -- queue -----------------------------------------------------------------------------
+    def add(self, requests: list[Request]) -> None:
+        self.pending.extend(requests)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and self.active == 0
+
+    @property
+    def active(self) -> int:
+        raise NotImplementedError
+
+    def tick(self) -> list[Outcome]:
+        """Admit what fits, run one step, return the samples that finished (or failed) in it."""
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _take(self, n: int) -> list[Request]:
+        return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+
+    def _admit(self, requests: list[Request]) -> tuple[np.ndarray, np.ndarray] | list[Outcome]:
+        """(step inputs [n, ...], or all T_max frames [n, T, ...] for events; budgets [n]), or failures if admission raises."""
+        xs = np.stack([r.x for r in requests])
+        try:
+            budgets = self.exit.budgets(xs, self.manifest.timesteps)
+            inputs = self.encoder.run({X: xs})["encoded"] if self.encoder is not None else xs
+        except Exception as exc:  # a failing policy or encoder fails these requests only
+            return [(r, exc) for r in requests]
+        return inputs, budgets
+
+    def _fresh_states(self, n: int) -> dict[str, np.ndarray]:
+        """Placeholder rows; `reset` makes the graph replace them with the initial values."""
+        return {s.name: np.zeros((n, *s.shape), dtype=s.dtype) for s in self.manifest.states}
+
+    def _run(self, x: np.ndarray, reset: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.steps_run += 1
+        self.rows_run += len(x)
+        return self.step_executor.run({X: x, RESET: reset, **states})
+
+    def _frame(self, inputs: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """The step graph's x: the static encoding, or each row's frame at its own timestep."""
+        if not self.event:
+            return inputs
+        return inputs[np.arange(len(inputs)), np.minimum(steps, inputs.shape[1] - 1)]  # finished naive rows idle on the last
+
+    def _next_states(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {s.name: out[s.output] for s in self.manifest.states}
+
+    @staticmethod
+    def _result(request: Request, prediction, confidence, steps) -> Outcome:
+        return request, Result(int(prediction), float(confidence), int(steps), time.perf_counter() - request.submitted)
+
+
+class SlotScheduler(Scheduler):
+    """B fixed slots; refilled with `reset` set as soon as they free up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        b = self.batch
+        self.rows: list[Request | None] = [None] * b
+        shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
+        dtype = np.dtype(self.manifest.input.dtype)
+        self.inputs = np.zeros((b, *shape), dtype=dtype)
+        self.states = self._fresh_states(b)
+        self.steps = np.zeros(b, dtype=np.int64)
+        self.budget = np.ones(b, dtype=np.int64)
+        self.reset = np.ones(b, dtype=np.bool_)
+
+    @property
+    def active(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    def tick(self) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        free = [i for i, r in enumerate(self.rows) if r is None]
+        while free and self.pending:
+            batch = self._take(len(free))
+            admitted = self._admit(batch)
+            if isinstance(admitted, list):
+                outcomes += admitted
+                continue
+            inputs, budgets = admitted
+            slots, free = free[: len(batch)], free[len(batch):]
+            for slot, request in zip(slots, batch):
+                self.rows[slot] = request
+            self.inputs[slots] = inputs
+            self.budget[slots] = budgets
+            self.steps[slots] = 0
+            self.reset[slots] = True
+        occupied = np.array([r is not None for r in self.rows])
+        if not occupied.any():
+            return outcomes
+        self.reset |= ~occupied  # empty slots restart every step, so their garbage stays bounded
+        try:
+            out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
+        except Exception as exc:
+            outcomes += [(r, exc) for r in self.rows if r is not None]
+            self.rows = [None] * self.batch
+            self.reset[:] = True
+            return outcomes
+        self.states = self._next_states(out)
+        self.reset[:] = False
+        self.steps += occupied
+        done = occupied & self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
+        for slot in np.flatnonzero(done):
+            outcomes.append(self._result(self.rows[slot], out[PREDICTION][slot], out[CONFIDENCE][slot], self.steps[slot]))
+            self.rows[slot] = None
+        return outcomes
+
+
+class CompactScheduler(Scheduler):
+    """Rows leave when they exit; new samples join at the end, up to B rows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.rows: list[Request] = []
+        self.inputs: np.ndarray | None = None
+        self.states: dict[str, np.ndarray] = {}
+        self.steps = np.zeros(0, dtype=np.int64)
+        self.budget = np.zeros(0, dtype=np.int64)
+        self.reset = np.zeros(0, dtype=np.bool_)
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def _join(self, batch: list[Request], inputs: np.ndarray, budgets: np.ndarray) -> None:
+        n = len(batch)
+        fresh = self._fresh_states(n)
+        if self.rows:
+            self.inputs = np.concatenate([self.inputs, inputs])
+            self.states = {k: np.concatenate([v, fresh[k]]) for k, v in self.states.items()}
+        else:
+            self.inputs, self.states = inputs, fresh
+        self.rows += batch
+        self.steps = np.concatenate([self.steps, np.zeros(n, dtype=np.int64)])
+        self.budget = np.concatenate([self.budget, budgets])
+        self.reset = np.concatenate([self.reset, np.ones(n, dtype=np.bool_)])
+
+    def _admit_up_to(self, room: int) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        while room > 0 and self.pending:
+            batch = self._take(room)
+            admitted = self._admit(batch)
+            if isinstance(admitted, list):
+                outcomes += admitted
+                continue
+            self._join(batch, *admitted)
+            room -= len(batch)
+        return outcomes
+
+    def tick(self) -> list[Outcome]:
+        outcomes = self._admit_up_to(self.batch - len(self.rows))
+        if not self.rows:
+            return outcomes
+        try:
+            out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
+        except Exception as exc:
+            outcomes += [(r, exc) for r in self.rows]
+            self._clear()
+            return outcomes
+        self.steps += 1
+        self.reset[:] = False
+        done = self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
+        for row in np.flatnonzero(done):
+            outcomes.append(self._result(self.rows[row], out[PREDICTION][row], out[CONFIDENCE][row], self.steps[row]))
+        if done.any():
+            keep = ~done
+            self.rows = [r for r, k in zip(self.rows, keep) if k]
+            self.inputs = self.inputs[keep]
+            self.states = {k: v[keep] for k, v in self._next_states(out).items()}
+            self.steps, self.budget, self.reset = self.steps[keep], self.budget[keep], self.reset[keep]
+        else:
+            self.states = self._next_states(out)
+        return outcomes
+
+
+class NaiveScheduler(CompactScheduler):
+    """Waves of B samples; a wave runs until its slowest sample exits (finished rows keep computing)."""
+
+    def tick(self) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        if not self.rows:
+            outcomes += self._admit_up_to(self.batch)
+            self.finished = np.zeros(len(self.rows), dtype=np.bool_)
+        if not self.rows:
+            return outcomes
+        try:
+            out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
+        except Exception as exc:
+            outcomes += [(r, exc) for r, finished in zip(self.rows, self.finished) if not finished]
+            self._clear()
+            return outcomes
+        self.steps += 1
+        self.reset[:] = False
+        self.states = self._next_states(out)
+        done = ~self.finished & self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
+        for row in np.flatnonzero(done):
+            outcomes.append(self._result(self.rows[row], out[PREDICTION][row], out[CONFIDENCE][row], self.steps[row]))
+        self.finished |= done
+        if self.finished.all():  # budgets are <= T_max, so every wave ends
+            self._clear()
+        return outcomes
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": CompactScheduler, "naive": NaiveScheduler}
+
+
+def make_scheduler(mode: str, *args, **kwargs) -> Scheduler:
+    if mode not in SCHEDULERS:
+        raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+    return SCHEDULERS[mode](*args, **kwargs)

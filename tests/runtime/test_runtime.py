@@ -1,0 +1,146 @@
+"""The runtime: exact early-exit results in every mode, thread-safe streaming, failures that stay contained."""
+
+import threading
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+
+from seenn_deploy.data import parse_data_spec
+from seenn_deploy.errors import UserError
+from seenn_deploy.runtime import Confidence, Fixed, Runtime, read_manifest, run_timesteps
+from seenn_deploy.runtime.api import RuntimeClosed
+from seenn_deploy.runtime.executors.base import Executor
+from seenn_deploy.runtime.loop import open_bundle_graphs
+
+ALPHA = 0.9
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return parse_data_spec("digits").load("test")
+
+
+@pytest.fixture(scope="module")
+def offline(digits_bundle, digits):
+    """The reference: every sample runs T_max steps; its exit is the first t whose confidence > alpha."""
+    manifest = read_manifest(digits_bundle)
+    step, encoder = open_bundle_graphs(digits_bundle, manifest)
+    trace = run_timesteps(manifest, step, digits.x, encoder=encoder)
+    above = trace.confidence > ALPHA
+    exit_t = np.where(above.any(0), above.argmax(0) + 1, manifest.timesteps)
+    cols = np.arange(len(digits.x))
+    return exit_t, trace.prediction[exit_t - 1, cols], trace.confidence[exit_t - 1, cols]
+
+
+def summary(results):
+    return [(r.prediction, r.confidence, r.timesteps) for r in results]
+
+
+@pytest.mark.parametrize("mode", ["slots", "compact", "naive"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_batched_results_equal_the_offline_trace_exactly(digits_bundle, digits, offline, mode, batch):
+    exit_t, prediction, confidence = offline
+    assert 1 < exit_t.mean() < 4  # some samples exit early, some do not: the test can tell modes apart
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode=mode, batch=batch) as runtime:
+        results = runtime.infer(digits.x)
+    assert [r.timesteps for r in results] == exit_t.tolist()
+    assert [r.prediction for r in results] == prediction.tolist()
+    assert [r.confidence for r in results] == confidence.tolist()
+
+
+def test_single_sample_runs_equal_the_batched_run(digits_bundle, digits):
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+        batched = summary(runtime.infer(digits.x[:40]))
+        alone = [summary(runtime.infer(digits.x[i : i + 1]))[0] for i in range(40)]
+    assert batched == alone
+
+
+def test_fixed_exit_runs_every_sample_t_steps(digits_bundle, digits):
+    with Runtime.from_bundle(digits_bundle, exit="fixed:2", batch=32) as runtime:
+        assert isinstance(runtime.exit, Fixed)
+        assert {r.timesteps for r in runtime.infer(digits.x[:50])} == {2}
+
+
+def test_20000_submissions_from_8_threads_are_each_answered_once(digits_bundle, digits):
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode="slots", batch=64) as runtime:
+        expected = summary(runtime.infer(digits.x))
+        futures = [[] for _ in range(8)]
+
+        def client(k):
+            for i in range(k, 20000, 8):
+                futures[k].append((i % len(digits.x), runtime.submit(digits.x[i % len(digits.x)])))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pairs = [p for chunk in futures for p in chunk]
+        done, not_done = wait([f for _, f in pairs], timeout=300)
+        assert len(pairs) == 20000 and not not_done
+        for index, future in pairs:
+            r = future.result()
+            assert (r.prediction, r.confidence, r.timesteps) == expected[index]
+
+
+class FailingStep(Executor):
+    """Wraps the real step executor and raises on chosen calls, as a crashed device would."""
+
+    def __init__(self, inner, fail_on):
+        super().__init__(inner.inputs, inner.outputs, "failing step")
+        self.inner, self.fail_on = inner, set(fail_on)
+
+    def _run_impl(self, feeds):
+        if self.calls in self.fail_on:
+            raise RuntimeError("device lost")
+        return self.inner._run_impl(feeds)
+
+
+@pytest.mark.parametrize("mode", ["slots", "compact", "naive"])
+def test_a_failing_step_fails_only_the_requests_in_flight(digits_bundle, digits, offline, mode):
+    manifest = read_manifest(digits_bundle)
+    step, encoder = open_bundle_graphs(digits_bundle, manifest)
+    runtime = Runtime(manifest, FailingStep(step, fail_on={3}), encoder, Confidence(ALPHA), mode=mode, batch=8)
+    futures = [runtime.submit(x) for x in digits.x[:100]]
+    runtime.close()
+    assert all(f.done() for f in futures)
+    failed = [i for i, f in enumerate(futures) if f.exception() is not None]
+    assert 0 < len(failed) <= 8  # at most one batch was in flight
+    assert all("device lost" in str(futures[i].exception()) for i in failed)
+    exit_t = offline[0]
+    for i, f in enumerate(futures):
+        if i not in failed:
+            assert f.result().timesteps == exit_t[i]
+
+
+def test_close_answers_everything_submitted_and_refuses_more(digits_bundle, digits):
+    runtime = Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), batch=4)
+    futures = [runtime.submit(x) for x in digits.x[:200]]
+    runtime.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(RuntimeClosed):
+        runtime.submit(digits.x[0])
+
+
+def test_wrong_input_shape_or_dtype_names_the_expected_shape(digits_bundle, digits):
+    with Runtime.from_bundle(digits_bundle) as runtime:
+        with pytest.raises(UserError, match=r"\[N, 1, 8, 8\] \(CHW\)"):
+            runtime.infer(np.zeros((3, 1, 28, 28), np.float32))
+        with pytest.raises(UserError, match=r"uint8.*\[N, 1, 8, 8\]"):
+            runtime.infer(np.zeros((3, 1, 8, 8), np.uint8))
+        with pytest.raises(UserError, match=r"\[N, 1, 8, 8\]"):
+            runtime.submit(np.zeros((8, 8), np.float32))
+
+
+def test_bad_runtime_settings(digits_bundle):
+    with pytest.raises(UserError, match="outside 1..256"):
+        Runtime.from_bundle(digits_bundle, batch=0)
+    with pytest.raises(UserError, match="fixed:T, confidence:ALPHA"):
+        Runtime.from_bundle(digits_bundle, exit="sometimes")
+    with pytest.raises(UserError, match="policy.onnx"):
+        Runtime.from_bundle(digits_bundle, exit="policy")
+    with pytest.raises(UserError, match="T_max 4"):
+        Runtime.from_bundle(digits_bundle, exit="fixed:9").infer(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(UserError, match="not a seenn-deploy bundle"):
+        Runtime.from_bundle(digits_bundle.parent)
