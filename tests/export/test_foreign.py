@@ -168,6 +168,8 @@ def test_spikingjelly_unsupported_neuron_is_named_with_its_path():
 
     with pytest.raises(UserError, match=r"0 is .*MyLIF"):
         ForeignModel(nn.Sequential(MyLIF(), nn.Flatten(), nn.Linear(C * H * H, 2)), InputSpec(C, H, H))
+    with pytest.raises(UserError, match="built from spikingjelly modules, not snntorch"):
+        ForeignModel(jelly_single_step(), InputSpec(C, H, H), framework="snntorch")
 
 
 def test_a_wrong_replacement_fails_the_parity_check(monkeypatch, tmp_path):

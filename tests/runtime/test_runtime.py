@@ -144,3 +144,12 @@ def test_bad_runtime_settings(digits_bundle):
         Runtime.from_bundle(digits_bundle, exit="fixed:9").infer(np.zeros((1, 1, 8, 8), np.float32))
     with pytest.raises(UserError, match="not a seenn-deploy bundle"):
         Runtime.from_bundle(digits_bundle.parent)
+
+
+def test_torch_backend_matches_onnx_runtime(digits_bundle, digits):
+    with Runtime.from_bundle(digits_bundle, backend="ort", exit=Confidence(ALPHA), batch=32) as ort_rt, \
+            Runtime.from_bundle(digits_bundle, backend="torch", exit=Confidence(ALPHA), batch=32) as torch_rt:
+        a, b = ort_rt.infer(digits.x), torch_rt.infer(digits.x)
+    assert [r.prediction for r in a] == [r.prediction for r in b]
+    assert [r.timesteps for r in a] == [r.timesteps for r in b]
+    np.testing.assert_allclose([r.confidence for r in a], [r.confidence for r in b], atol=1e-5)

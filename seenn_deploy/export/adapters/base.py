@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.export.adapters.layers import prepare_batchnorms
+from seenn_deploy.lazy import require
 from seenn_deploy.snn.neurons import SpikingNeuron
 from seenn_deploy.snn.state import Frame, Stateful
 from seenn_deploy.snn.surrogate import FiringCondition, spike
@@ -190,8 +191,9 @@ class Adapter:
     `is_multi_step` and `reference` (the framework's own multi-step forward: the parity oracle).
     """
 
-    name = ""
-    package = ""
+    name = ""  # as the framework spells itself
+    package = ""  # its top-level import name
+    namespace = ""  # where its users import the neurons from
 
     def __init__(self) -> None:
         self.neurons: dict[type, Callable[[nn.Module, str], ForeignNeuron]] = {}
@@ -204,12 +206,10 @@ class Adapter:
         raise NotImplementedError
 
     def version(self) -> str:
-        from seenn_deploy.lazy import require
-
         return str(getattr(require(self.package, f"{self.name} models"), "__version__", "unknown"))
 
     def supported(self) -> str:
-        return ", ".join(f"{self.package}.{cls.__name__}" for cls in self.neurons)
+        return ", ".join(f"{self.namespace}.{cls.__name__}" for cls in self.neurons)
 
     def is_multi_step(self, module: nn.Module) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -259,9 +259,10 @@ class Adapter:
             return "identity"
         stateful = isinstance(module, self.stateful_bases)
         if stateful or (self.is_foreign(module) and not isinstance(module, self.stateless)):
+            why = "keeps state between timesteps" if stateful else "is not a layer known to be stateless"
             raise UserError(
-                f"{path or 'the model'} is {cls.__module__}.{cls.__qualname__}, which {'keeps state between timesteps' if stateful else 'is not a known stateless layer'} "
-                f"and has no state-explicit equivalent here; supported {self.name} neurons: {self.supported()} "
-                "(plain torch layers and stateless layers pass): rebuild the model with those"
+                f"{path or 'the model'} is {cls.__module__}.{cls.__qualname__}, which {why} and has no "
+                f"state-explicit equivalent here; supported {self.name} neurons: {self.supported()} (plain torch "
+                "layers and stateless layers pass): rebuild the model with those"
             )
         return "module"

@@ -108,6 +108,7 @@ def _leaky(m: nn.Module, path: str) -> TorchLeaky:
 class SnnTorchAdapter(Adapter):
     name = "snnTorch"
     package = PACKAGE
+    namespace = "snntorch"
 
     def load(self) -> None:
         snn = require("snntorch", "snnTorch models")

@@ -127,6 +127,7 @@ def _step_mode(module: nn.Module) -> str | None:
 class SpikingJellyAdapter(Adapter):
     name = "SpikingJelly"
     package = PACKAGE
+    namespace = "spikingjelly.activation_based.neuron"
 
     def load(self) -> None:
         neuron = require("spikingjelly.activation_based.neuron", "SpikingJelly models")
