@@ -36,5 +36,7 @@ def require(module: str, purpose: str = "") -> ModuleType:
         hint = f"pip install 'seenn-deploy[{extra}]'" if extra else f"pip install {root}"
         if root == "torch":
             hint = "pip install torch==2.13.0 (the CPU build), then " + hint
+        if root == "spikingjelly":  # its package pins torchvision/torchaudio, which pull a CUDA torch
+            hint = "pip install --no-deps spikingjelly==2.0.0 loguru"
         why = f" (needed for {purpose})" if purpose else ""
         raise MissingDependency(f"{module} is not installed{why}: {hint}") from exc

@@ -21,8 +21,8 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +54,8 @@ class ForeignModel(SpikingModel):
     outputs are the class scores.
     """
 
+    body: ForeignBody
+
     def __init__(self, module: nn.Module, input_spec: InputSpec, *, framework: str = "auto",
                  step_mode: str | None = None, readout: str = "spikes") -> None:
         super().__init__(input_spec, num_classes=0)
@@ -67,7 +69,9 @@ class ForeignModel(SpikingModel):
             raise UserError(f"framework {framework!r} is not one of auto, {', '.join(FRAMEWORKS)}")
         found = detect_framework(module)
         if framework not in ("auto", found):
-            raise UserError(f"the model is built from {found} modules, not {framework}: pass framework='{found}' or 'auto'")
+            raise UserError(
+                f"the model is built from {found} modules, not {framework}: pass framework='{found}' or 'auto'"
+            )
         self.framework = found
         adapter = get_adapter(found)
         multi_step = adapter.is_multi_step(module) if step_mode is None else step_mode == "m"
@@ -122,7 +126,7 @@ def check_parity(module: nn.Module, model: ForeignModel, sample: Tensor, timeste
     that is what step.onnx computes.
     """
     adapter = adapter or get_adapter(model.framework)
-    expected = adapter.reference(copy.deepcopy(module).eval(), sample, timesteps, model.body.multi_step,
+    expected = adapter.reference(copy.deepcopy(module).eval().cpu(), sample, timesteps, model.body.multi_step,
                                  model.body.readout)
     with torch.no_grad():
         wrapped = model(sample, timesteps=timesteps)
@@ -166,7 +170,7 @@ def export_model(module: nn.Module, sample_input: Tensor, out_dir: Path, *, time
         raise UserError(f"timesteps must be an int >= 1, got {timesteps!r}")
     sample = _check_sample(sample_input)
     model = ForeignModel(module, InputSpec(*sample.shape[1:]), framework=framework, step_mode=step_mode,
-                         readout=readout)
+                         readout=readout).cpu()
     adapter = get_adapter(model.framework)
     check_parity(module, model, sample, timesteps, adapter)
     options = dataclasses.replace(options or ExportOptions(), encoder_split=False)
@@ -187,7 +191,7 @@ def load_factory_model(factory: str, weights: Path, allow_pickle: bool) -> nn.Mo
     Weights: safetensors, or .pt/.pth only with `allow_pickle` (read with torch.load(weights_only=True)).
     The module is imported as Python would, with the working directory also on the path.
     """
-    from seenn_deploy.snn.checkpoint import _read_weights  # one reader for every weights file
+    from seenn_deploy.snn.checkpoint import read_weights  # one reader for every weights file
 
     if not isinstance(factory, str) or not _FACTORY.match(factory.strip()):
         raise UserError(
@@ -219,7 +223,7 @@ def load_factory_model(factory: str, weights: Path, allow_pickle: bool) -> nn.Mo
     weights = Path(weights)
     if not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")
-    state = _read_weights(weights, allow_pickle)
+    state = read_weights(weights, allow_pickle)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -109,7 +109,7 @@ def _weights_path(path: Path) -> Path:
     return path
 
 
-def _read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: the checkpoint is incomplete")
     if path.suffix in PICKLE_SUFFIXES:
@@ -152,7 +152,7 @@ def load_checkpoint(path: Path, allow_pickle: bool = False) -> tuple[nn.Module, 
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     config = read_config(path)
-    state = _read_weights(_weights_path(path), allow_pickle)
+    state = read_weights(_weights_path(path), allow_pickle)
     return _load_into(config.build_model(), state, path, config.arch, config.model), config
 
 
@@ -170,5 +170,5 @@ def load_policy(path: Path, config: CheckpointConfig) -> tuple[nn.Module, list[i
     policy = create_model(spec["arch"], **spec.get("model", {}))
     if getattr(policy, "num_classes", len(candidates)) != len(candidates):
         raise UserError(f"the policy scores {policy.num_classes} candidates but config.policy lists {len(candidates)}")
-    return _load_into(policy, _read_weights(weights, False), weights, spec["arch"], spec.get("model", {})), candidates
+    return _load_into(policy, read_weights(weights, False), weights, spec["arch"], spec.get("model", {})), candidates
 

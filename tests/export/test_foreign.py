@@ -5,6 +5,7 @@ neurons fire. The exported step.onnx is run with onnxruntime for T steps, states
 its per-step logits must equal the framework's per-step outputs: exact spikes.
 """
 
+import importlib
 import sys
 
 import numpy as np
@@ -19,6 +20,19 @@ from seenn_deploy.snn.model import InputSpec
 
 T, B, C, H = 4, 3, 3, 8
 OPTIONS = ExportOptions(max_batch=8)
+
+
+def importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+needs_jelly = pytest.mark.skipif(not importable("spikingjelly.activation_based"), reason=(
+    "SpikingJelly is not installed: pip install --no-deps spikingjelly loguru tqdm scipy packaging h5py"))
+needs_snntorch = pytest.mark.skipif(not importable("snntorch"), reason="snnTorch is missing: pip install snntorch")
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -130,9 +144,9 @@ def jelly_reference(net: nn.Module, x: torch.Tensor, multi_step: bool) -> torch.
     return out
 
 
+@needs_jelly
 @pytest.mark.parametrize("multi_step", [True, False], ids=["multi-step", "single-step"])
 def test_spikingjelly_model_exports_with_exact_spikes(multi_step, tmp_path):
-    pytest.importorskip("spikingjelly.activation_based", reason="SpikingJelly is not installed")
     net = jelly_multi_step() if multi_step else jelly_single_step()
     x = sample()
     expected = jelly_reference(net, x, multi_step)
@@ -151,8 +165,44 @@ def test_spikingjelly_model_exports_with_exact_spikes(multi_step, tmp_path):
     assert torch.equal(jelly_reference(net, x, multi_step), expected)
 
 
+class Stem(nn.Module):
+    """Multi-step layers called from a custom forward: a BatchNorm with no conv right before it, and a tdBN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import layer
+
+        self.conv = layer.Conv2d(C, 6, 3, padding=1, step_mode="m")
+        self.bn = layer.BatchNorm2d(6, step_mode="m")
+        self.tdbn = layer.ThresholdDependentBatchNorm2d(alpha=1.0, v_th=1.0, num_features=6)
+
+    def forward(self, x):
+        return self.tdbn(self.bn(self.conv(x)))
+
+
+@needs_jelly
+def test_spikingjelly_containers_and_lone_batchnorms_export(tmp_path):
+    from spikingjelly.activation_based import layer, neuron
+
+    torch.manual_seed(5)
+    net = randomise(nn.Sequential(
+        Stem(),
+        layer.MultiStepContainer(neuron.LIFNode(), nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6),
+                                 neuron.IFNode(v_reset=None)),
+        layer.StepModeContainer(False, "m", nn.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 5)),
+        layer.StepModeContainer(True, "m", neuron.ParametricLIFNode(init_tau=2.0, v_threshold=0.3, v_reset=None)),
+    ), seed=5)
+    x = sample()
+    expected = jelly_reference(net, x, multi_step=True)
+    model = ForeignModel(net, InputSpec(C, H, H))
+    assert_fires(model, x)
+    manifest = export_model(net, x, tmp_path / "b", timesteps=T, options=OPTIONS)
+    assert [s.name for s in manifest.states][:3] == ["body.module.1.0.v", "body.module.1.3.v", "body.module.3.0.v"]
+    np.testing.assert_allclose(run_onnx(tmp_path / "b", manifest, x, T), expected.numpy(), atol=1e-5, rtol=0)
+
+
+@needs_jelly
 def test_spikingjelly_unsupported_neuron_is_named_with_its_path():
-    pytest.importorskip("spikingjelly.activation_based", reason="SpikingJelly is not installed")
     from spikingjelly.activation_based import layer, neuron
 
     net = nn.Sequential()
@@ -172,8 +222,8 @@ def test_spikingjelly_unsupported_neuron_is_named_with_its_path():
         ForeignModel(jelly_single_step(), InputSpec(C, H, H), framework="snntorch")
 
 
+@needs_jelly
 def test_a_wrong_replacement_fails_the_parity_check(monkeypatch, tmp_path):
-    pytest.importorskip("spikingjelly.activation_based", reason="SpikingJelly is not installed")
     from seenn_deploy.export.adapters.spikingjelly import JellyIF
 
     monkeypatch.setattr(JellyIF, "charge", lambda self, x, v: v * 0.5 + x)
@@ -184,7 +234,8 @@ def test_a_wrong_replacement_fails_the_parity_check(monkeypatch, tmp_path):
 
 # -- snnTorch ------------------------------------------------------------------------------------
 def snntorch_net(mechanism: str, init_hidden: bool = True) -> nn.Module:
-    snn = pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import snntorch as snn
+
     torch.manual_seed(2)
     kw = {"init_hidden": init_hidden, "reset_mechanism": mechanism}
     return randomise(nn.Sequential(
@@ -197,6 +248,7 @@ def snntorch_net(mechanism: str, init_hidden: bool = True) -> nn.Module:
     ), seed=2)
 
 
+@needs_snntorch
 @pytest.mark.parametrize("mechanism, readout", [("subtract", "spikes"), ("zero", "membrane")])
 def test_snntorch_model_exports_with_exact_spikes(mechanism, readout, tmp_path):
     from snntorch import utils
@@ -220,9 +272,11 @@ def test_snntorch_model_exports_with_exact_spikes(mechanism, readout, tmp_path):
     np.testing.assert_allclose(run_onnx(tmp_path / "b", manifest, x, T), expected.numpy(), atol=1e-5, rtol=0)
 
 
+@needs_snntorch
 @pytest.mark.parametrize("mechanism", ["subtract", "zero", "none"])
 def test_snntorch_leaky_without_reset_delay_matches(mechanism):
-    snn = pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import snntorch as snn
+
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(C * H * H, 12), snn.Leaky(beta=0.8, init_hidden=True, reset_delay=False,
                                                           reset_mechanism=mechanism, threshold=0.25),
@@ -239,6 +293,7 @@ def test_snntorch_leaky_without_reset_delay_matches(mechanism):
     assert torch.equal(got, expected) and 0 < float(expected.mean()) < 1
 
 
+@needs_snntorch
 def test_snntorch_init_hidden_false_is_refused():
     net = snntorch_net("subtract", init_hidden=False)
     with pytest.raises(UserError, match="init_hidden=True") as info:
@@ -246,9 +301,11 @@ def test_snntorch_init_hidden_false_is_refused():
     assert str(info.value).startswith("2 (snntorch Leaky)")
 
 
+@needs_snntorch
 @pytest.mark.parametrize("kind", ["Synaptic", "RLeaky"])
 def test_snntorch_unsupported_neurons_are_named(kind):
-    snn = pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import snntorch as snn
+
     neuron = snn.Synaptic(alpha=0.9, beta=0.8, init_hidden=True) if kind == "Synaptic" else \
         snn.RLeaky(beta=0.9, linear_features=5, init_hidden=True)
     net = nn.Sequential(nn.Flatten(), nn.Linear(C * H * H, 5), neuron)

@@ -27,7 +27,8 @@ def detect_framework(module: nn.Module) -> str:
             f"{type(module).__name__} contains no SpikingJelly or snnTorch module: export_model takes a foreign SNN "
             "(seenn-deploy's own models export with export_bundle / `seenn-deploy export`)"
         )
-    raise UserError(f"{type(module).__name__} mixes {' and '.join(sorted(found))} modules; export one framework's model")
+    both = " and ".join(sorted(found))
+    raise UserError(f"{type(module).__name__} mixes {both} modules; export one framework's model")
 
 
 def get_adapter(framework: str) -> Adapter:

@@ -1,4 +1,4 @@
-"""What every framework adapter shares: replacement neurons bound to a frame, the body that runs a foreign module, the walk.
+"""What every framework adapter shares: neurons bound to a frame, the body that runs a foreign module, the walk.
 
 A foreign SNN (SpikingJelly, snnTorch) keeps its membranes in module attributes and calls its
 neurons with one argument. To export it through the step contract, every foreign neuron is
@@ -13,7 +13,8 @@ so a single-step module called once per timestep integrates over time as its fra
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,13 +37,13 @@ class Binding:
         self.membranes: dict[ForeignNeuron, Tensor] = {}
         self.spikes: dict[ForeignNeuron, list[Tensor]] = {}
 
-    def membrane(self, neuron: "ForeignNeuron", like: Tensor) -> Tensor:
+    def membrane(self, neuron: ForeignNeuron, like: Tensor) -> Tensor:
         """The neuron's membrane: from the frame on its first call in this body call, else carried over."""
         if neuron in self.membranes:
             return self.membranes[neuron]
         return self.frame.read(neuron, "v", like=like, init=neuron.v_init)
 
-    def keep(self, neuron: "ForeignNeuron", v: Tensor, spikes: Tensor) -> None:
+    def keep(self, neuron: ForeignNeuron, v: Tensor, spikes: Tensor) -> None:
         """After a neuron call: its membrane, and its spikes [steps*B, ...] of this call."""
         self.membranes[neuron] = v
         self.spikes.setdefault(neuron, []).append(spikes)
@@ -77,7 +78,7 @@ class ForeignNeuron(SpikingNeuron):
         return spikes
 
     def forward(self, x: Tensor, frame: Frame | None = None):  # type: ignore[override]
-        """x [T, B, ...] (multi_step) or [B, ...] -> spikes of the same shape; the membrane goes through the bound frame."""
+        """x [T, B, ...] (multi_step) or [B, ...] -> spikes, same shape; the membrane goes through the bound frame."""
         if frame is not None:  # called as a Stateful with our [T*B, ...] convention
             return super().forward(x, frame)
         binding = self._binding
@@ -196,7 +197,7 @@ class Adapter:
     namespace = ""  # where its users import the neurons from
 
     def __init__(self) -> None:
-        self.neurons: dict[type, Callable[[nn.Module, str], ForeignNeuron]] = {}
+        self.neurons: dict[type, Callable[[Any, str], ForeignNeuron]] = {}
         self.stateless: tuple[type, ...] = ()
         self.identity_in_eval: tuple[type, ...] = ()
         self.stateful_bases: tuple[type, ...] = ()
@@ -223,7 +224,7 @@ class Adapter:
 
     # -- the walk ---------------------------------------------------------------------------
     def convert(self, root: nn.Module) -> nn.Module:
-        """Replace every foreign neuron of `root` (changed in place; eval only); UserError naming the first unsupported module.
+        """Replace every foreign neuron of `root` (in place; eval only); UserError naming the first unsupported module.
 
         Then the stateless rewrites: the framework's own (`restructure`), and BatchNorms that
         the exporter cannot fold into a conv become ExportBatchNorm.

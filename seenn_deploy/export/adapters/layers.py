@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from seenn_deploy.errors import UserError
+from seenn_deploy.errors import InternalError, UserError
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -37,18 +37,24 @@ class ExportBatchNorm(nn.Module):
     scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
     """
 
+    scale: Tensor
+    shift: Tensor
+
     def __init__(self, bn: _BatchNorm) -> None:
         super().__init__()
-        self.bn = bn
+        self.bn: nn.Module = bn
         try:
             self.channel_dim = 2 if bn.step_mode == "m" else 1
         except AttributeError:  # a torch BatchNorm
             self.channel_dim = 1
+        mean, var = bn.running_mean, bn.running_var
+        if mean is None or var is None:
+            raise InternalError(f"{type(bn).__name__} without running statistics reached ExportBatchNorm")
         with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+            scale = torch.rsqrt(var.float() + bn.eps)
             if bn.weight is not None:
                 scale = scale * bn.weight.float()
-            shift = -bn.running_mean.float() * scale
+            shift = -mean.float() * scale
             if bn.bias is not None:
                 shift = shift + bn.bias.float()
         self.register_buffer("scale", scale)

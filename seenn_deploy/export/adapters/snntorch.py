@@ -19,6 +19,8 @@ which cannot become one step: they are refused. Every other snnTorch neuron is r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +39,9 @@ class TorchLeaky(ForeignNeuron):
     `late_mechanism` is the reset of reset_delay=False (snnTorch reads it from its reset_mechanism_val);
     `graded` scales the spikes (graded_spikes_factor) when it is not 1; `emit_membrane` returns (spk, mem).
     """
+
+    beta: Tensor
+    graded: Tensor | None
 
     def __init__(self, beta: Tensor, mechanism: str = "subtract", reset_delay: bool = True,
                  late_mechanism: str | None = None, graded: Tensor | None = None, emit_membrane: bool = False,
@@ -81,7 +86,7 @@ class TorchLeaky(ForeignNeuron):
                 f"output={self.emit_membrane}, " + super().extra_repr())
 
 
-def _leaky(m: nn.Module, path: str) -> TorchLeaky:
+def _leaky(m: Any, path: str) -> TorchLeaky:
     what = f"{path or 'the model'} (snntorch Leaky)"
     if not m.init_hidden:
         raise UserError(
@@ -95,7 +100,9 @@ def _leaky(m: nn.Module, path: str) -> TorchLeaky:
         raise UserError(f"{what} quantises its state (state_quant), which cannot be exported; build it without")
     function = getattr(getattr(m, "state_function", None), "__name__", "")
     if function not in MECHANISMS:
-        raise UserError(f"{what} has an unknown state function {function!r}; use reset_mechanism subtract, zero or none")
+        raise UserError(
+            f"{what} has an unknown state function {function!r}; use reset_mechanism subtract, zero or none"
+        )
     late = MECHANISM_VALUES[int(m.reset_mechanism_val)]
     graded = m.graded_spikes_factor.detach()
     return TorchLeaky(

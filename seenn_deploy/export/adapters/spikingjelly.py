@@ -28,6 +28,7 @@ SpikingJelly module is refused.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +47,7 @@ STATELESS_LAYERS = (
 
 
 class JellyNeuron(ForeignNeuron):
-    """SpikingJelly's firing and reset. `v_reset=None`: soft reset (subtract the threshold); a float: hard reset to it."""
+    """SpikingJelly's reset. `v_reset=None`: soft reset (subtract the threshold); a float: hard reset to it."""
 
     def __init__(self, v_reset: float | None = 0.0, **kwargs) -> None:
         super().__init__(v_init=0.0 if v_reset is None else float(v_reset), **kwargs)
@@ -89,6 +90,8 @@ class JellyLIF(JellyNeuron):
 class JellyPLIF(JellyNeuron):
     """ParametricLIFNode: the leak k = sigmoid(w) is computed once, by torch, from the trained w (a buffer here)."""
 
+    k: Tensor
+
     def __init__(self, w: Tensor, decay_input: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.register_buffer("k", w.detach().float().sigmoid().clone())
@@ -103,7 +106,7 @@ class JellyPLIF(JellyNeuron):
         return f"k={self.k.tolist()}, decay_input={self.decay_input}, " + super().extra_repr()
 
 
-def _common(node: nn.Module, path: str) -> dict:
+def _common(node: Any, path: str) -> dict:
     what = f"{path or 'the model'} ({type(node).__name__})"
     if getattr(node, "_neuron_precision", None) is not None:
         raise UserError(f"{what} uses a reduced neuron precision; export it with the default fp32 neuron precision")
@@ -117,7 +120,7 @@ def _common(node: nn.Module, path: str) -> dict:
     }
 
 
-def _step_mode(module: nn.Module) -> str | None:
+def _step_mode(module: Any) -> str | None:
     try:
         return module.step_mode
     except AttributeError:
@@ -159,11 +162,11 @@ class SpikingJellyAdapter(Adapter):
                 self._merge_runs(module)
         return root
 
-    def _merge_runs(self, sequential: nn.Sequential) -> None:
+    def _merge_runs(self, sequential: nn.Module) -> None:
         merged: OrderedDict[str, nn.Module] = OrderedDict()
         run: list[nn.Module] = []
         run_name = ""
-        for name, child in sequential._modules.items():
+        for name, child in list(sequential.named_children()):
             layers = self._time_folded(child)
             if layers is None:
                 if run:
@@ -183,7 +186,7 @@ class SpikingJellyAdapter(Adapter):
         if isinstance(module, self.seq_to_ann):
             return list(module.children())
         if isinstance(module, self.wrappers) and _step_mode(module) == "m":
-            module.step_mode = "s"
+            setattr(module, "step_mode", "s")  # noqa: B010 - SpikingJelly's validated property
             return [module]
         return None
 

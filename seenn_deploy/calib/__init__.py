@@ -1,0 +1,1 @@
+"""Calibration: timestep profiles, the exact exit-threshold sweep, AET, threshold selection, plots."""

@@ -1,0 +1,447 @@
+"""TensorRT executor: one plan, one execution context, one CUDA stream; the step graph's states can stay on the GPU.
+
+Written against the name-based TensorRT 10 / 11 Python API (`num_io_tensors`, `get_tensor_name`,
+`get_tensor_mode`, `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`) and cuda-python's runtime bindings (`cuda.bindings.runtime`, or `cuda.cudart`
+on older 12.x releases), whose every call returns a tuple `(cudaError_t, *results)`; `_Cuda`
+checks it. tensorrt and cuda are imported lazily, so the runtime imports without them.
+
+Two ways to run a graph:
+
+* `run(feeds)`, the Executor contract: every input goes host -> device, every output comes back.
+  The schedulers use it unchanged.
+* The device-state path of the step graph, for a slot scheduler on a GPU. Each state has two
+  device buffers; call k reads states from one set and writes the other, call k+1 swaps their
+  addresses (ping-pong), so states never cross PCIe / leave the GPU. Per step only the reset
+  flags [B] and the rows of x that changed go host -> device, and only confidence [B] and
+  prediction [B] (logits [B, K] on request) come back::
+
+      ex.bind_states(B)                          # B slots; all rows restart on the first step
+      reset, x_rows = np.ones(B, bool), {slot: x for slot, x in admitted}
+      while busy:
+          confidence, prediction = ex.step_device(x_rows, reset)
+          reset, x_rows = ~occupied, {}          # empty slots restart every step (bounded garbage)
+          for slot in exited: answer it; x_rows[slot] = next sample; reset[slot] = True
+
+  Static inputs are written once per sample (dict of slot -> row); event inputs pass the whole
+  frame batch [B, ...] every step. With `cuda_graphs`, the enqueue of each (batch, parity) is
+  captured as a CUDA graph after one warm-up call and replayed: ping-pong means two graphs per
+  batch size, one per parity; `bind_states` with another batch size drops them. `run()` ends a
+  device sequence (it reuses the state buffers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from seenn_deploy.errors import MissingDependency, UserError
+from seenn_deploy.lazy import require
+from seenn_deploy.runtime.engine_meta import EngineMeta, check_engine_compat, find_engine, meta_path, read_engine_meta
+from seenn_deploy.runtime.executors.base import Executor, TensorInfo
+from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
+
+PURPOSE = "the trt backend"
+TRT_HINT = ("; TensorRT's wheels come from NVIDIA's index (pip install tensorrt --extra-index-url "
+            "https://pypi.nvidia.com), and on Jetson TensorRT ships with JetPack (use its system Python, not pip)")
+_LOGGERS: dict[int, object] = {}  # one TensorRT logger per process (per tensorrt module)
+
+
+class CudaError(UserError):
+    """A CUDA runtime call failed (out of memory, a lost device, ...); the message names the call."""
+
+
+def load_tensorrt():
+    """`tensorrt`, or MissingDependency naming the extra `trt` and where TensorRT comes from."""
+    try:
+        return require("tensorrt", PURPOSE)
+    except MissingDependency as exc:
+        raise MissingDependency(f"{exc}{TRT_HINT}") from exc
+
+
+def load_cudart():
+    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+ and 13), else the older `cuda.cudart`."""
+    try:
+        return require("cuda.bindings.runtime", PURPOSE)
+    except MissingDependency as first:
+        try:
+            return require("cuda.cudart", PURPOSE)
+        except MissingDependency:
+            raise first from None
+
+
+class _Cuda:
+    """Calls `cudart.<name>(*args)`, raises CudaError unless it returned cudaSuccess, returns the results."""
+
+    def __init__(self, cudart) -> None:
+        self.rt = cudart
+        self.success = cudart.cudaError_t.cudaSuccess
+
+    def __call__(self, name: str, *args):
+        err, *results = getattr(self.rt, name)(*args)
+        if err != self.success:
+            raise CudaError(f"CUDA call {name} failed: {getattr(err, 'name', err)}")
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+def gpu_info(cudart, device: int = 0) -> tuple[str, str]:
+    """(name, compute capability 'major.minor') of CUDA device `device`; UserError when there is none."""
+    fix = "the trt backend needs an NVIDIA GPU and its driver; on this machine use backend='ort'"
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception as exc:  # the driver library itself is missing
+        raise UserError(f"no CUDA device was found ({exc}): {fix}") from None
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        raise UserError(f"no CUDA device was found ({getattr(err, 'name', err)}): {fix}")
+    if not 0 <= device < count:
+        raise UserError(f"CUDA device {device} does not exist: this machine has {count} (0..{count - 1})")
+    props = _Cuda(cudart)("cudaGetDeviceProperties", device)
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return name.split("\x00")[0].strip(), f"{props.major}.{props.minor}"
+
+
+@dataclass
+class _Tensor:
+    """One engine I/O tensor: a device buffer and a pinned host staging buffer, both for the max batch."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    rows: tuple[int, ...]  # shape without the batch dimension
+    row_bytes: int
+    device: int  # device pointer
+    host_ptr: int  # pinned host pointer
+    host: np.ndarray  # the pinned bytes as uint8 [max_batch * row_bytes]
+
+    def view(self, batch: int) -> np.ndarray:
+        return self.host[: batch * self.row_bytes].view(self.dtype).reshape(batch, *self.rows)
+
+
+class TrtExecutor(Executor):
+    """Runs one TensorRT plan. `states`: (input, output) name pairs of the step graph's states, for the device path."""
+
+    def __init__(self, plan: Path, meta: EngineMeta | None = None, device: int = 0,
+                 states: list[tuple[str, str]] | None = None, cuda_graphs: bool = True,
+                 label: str | None = None) -> None:
+        self.trt = trt = load_tensorrt()
+        self.cudart = load_cudart()
+        self.cuda = _Cuda(self.cudart)
+        self.device = device
+        self.plan = Path(plan)
+        self.label = label or self.plan.name  # Executor.__init__ sets it again; messages need it sooner
+        self._lock = threading.Lock()
+        self._closed = False
+        self._tensors: dict[str, _Tensor] = {}
+        self._graphs: dict[tuple[int, int], object] = {}
+        self._warm: set[tuple[int, int]] = set()
+        self.cuda_graphs = cuda_graphs
+        self.graph_error: str | None = None  # why CUDA graphs were turned off, if they were
+        self._seq_batch: int | None = None  # batch of the running device sequence
+        self._parity = 0
+        self._shape_batch: int | None = None
+        gpu_name, capability = gpu_info(self.cudart, device)
+        if meta is not None:
+            check_engine_compat(meta, trt.__version__, gpu_name, capability)
+        self.cuda("cudaSetDevice", device)
+        if id(trt) not in _LOGGERS:
+            _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(_LOGGERS[id(trt)])
+        if meta is not None and meta.version_compatible:
+            self.runtime.engine_host_code_allowed = True  # the plan embeds its lean runtime
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        except Exception as exc:  # some releases raise instead of returning None
+            raise UserError(f"TensorRT cannot load {self.plan} ({exc}): rebuild it with `seenn-deploy build`") from None
+        if self.engine is None:
+            raise UserError(f"TensorRT cannot load {self.plan} (its log above says why): rebuild it with `seenn-deploy build`")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise UserError(f"TensorRT cannot create an execution context for {self.plan}: is the GPU out of memory?")
+        self.stream = self.cuda("cudaStreamCreate")  # a non-default stream: needed for graph capture
+        try:
+            inputs, outputs = self._discover()
+            self._allocate()
+            self.pairs = [(self._tensors[i], self._tensors[o]) for i, o in self._check_states(states or [])]
+        except BaseException:
+            self.close()
+            raise
+        super().__init__(inputs, outputs, label or self.plan.name)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _discover(self) -> tuple[list[TensorInfo], list[str]]:
+        """Inputs, outputs and the batch range of profile 0; only dimension 0 may be dynamic."""
+        trt, engine = self.trt, self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.min_batch, self.max_batch = 1, None
+        self._in_rows: dict[str, tuple[int, ...]] = {}
+        infos = []
+        for name in (n for n in names if is_input[n]):
+            shape = tuple(engine.get_tensor_shape(name))
+            low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0))
+            if any(d < 0 for d in shape[1:]) or not shape:
+                raise UserError(f"{self.plan}: input {name} has shape {list(shape)}; only the batch dimension may be "
+                                "dynamic: re-export the bundle and rebuild the engine")
+            self.min_batch = max(self.min_batch, low[0])
+            self.max_batch = high[0] if self.max_batch is None else min(self.max_batch, high[0])
+            self._in_rows[name] = shape[1:]
+            infos.append(TensorInfo(name, (None if shape[0] < 0 else shape[0], *shape[1:]), self._np_dtype(name)))
+        if self.max_batch is None:
+            raise UserError(f"{self.plan} has no inputs: it is not a seenn-deploy graph")
+        self._set_shapes(self.max_batch)
+        self._out_rows = {}
+        for name in (n for n in names if not is_input[n]):
+            shape = tuple(self.context.get_tensor_shape(name))
+            if not shape or shape[0] != self.max_batch or any(d < 0 for d in shape):
+                raise UserError(f"{self.plan}: output {name} has shape {list(shape)} at batch {self.max_batch}; "
+                                "outputs must be batch-first with static rows: rebuild the engine")
+            self._out_rows[name] = shape[1:]
+        return infos, [n for n in names if not is_input[n]]
+
+    def _np_dtype(self, name: str) -> np.dtype:
+        kind = self.engine.get_tensor_dtype(name)
+        try:
+            return np.dtype(self.trt.nptype(kind))
+        except TypeError:
+            raise UserError(f"{self.plan}: tensor {name} is {kind}, which numpy cannot hold: "
+                            "export the bundle with fp32 or fp16 inputs and outputs") from None
+
+    def _allocate(self) -> None:
+        engine, cuda = self.engine, self.cuda
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            is_input = name in self._in_rows
+            dtype = self._np_dtype(name)
+            shape = self._in_rows[name] if is_input else self._out_rows[name]
+            row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = max(row_bytes * self.max_batch, 1)
+            device_ptr = int(cuda("cudaMalloc", size))
+            host_ptr = int(cuda("cudaMallocHost", size))
+            host = np.ctypeslib.as_array(ctypes.cast(host_ptr, ctypes.POINTER(ctypes.c_uint8)), (size,))
+            self._tensors[name] = _Tensor(name, is_input, dtype, tuple(shape), row_bytes, device_ptr, host_ptr, host)
+
+    def _check_states(self, states: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        fixed = [n for n in (X, RESET, CONFIDENCE, PREDICTION) if n not in self._tensors] if states else []
+        if fixed:
+            raise UserError(f"{self.plan} has no tensor {fixed[0]}: it is not the bundle's step graph; "
+                            "rebuild it with `seenn-deploy build`")
+        for pair in states:
+            missing = [n for n in pair if n not in self._tensors]
+            if missing:
+                raise UserError(f"{self.plan} has no tensor {missing[0]}: the engine does not match the bundle; "
+                                "rebuild it with `seenn-deploy build`")
+            a, b = (self._tensors[n] for n in pair)
+            if (a.rows, a.dtype) != (b.rows, b.dtype) or not a.is_input or b.is_input:
+                raise UserError(f"{self.plan}: state {pair[0]} and {pair[1]} differ in shape, dtype or direction: "
+                                "the engine does not match the bundle; rebuild it with `seenn-deploy build`")
+        return states
+
+    # -- shared helpers --------------------------------------------------------------------
+    def _set_shapes(self, batch: int) -> None:
+        if self._shape_batch == batch:
+            return
+        for name, rows in self._in_rows.items():
+            if self.context.set_input_shape(name, (batch, *rows)) is False:
+                raise UserError(f"{self.label}: TensorRT refused batch {batch} for input {name}")
+        self._shape_batch = batch
+
+    def _check_batch(self, batch: int) -> None:
+        if not self.min_batch <= batch <= self.max_batch:
+            raise UserError(f"{self.label}: batch {batch} is outside the engine's profile {self.min_batch}.."
+                            f"{self.max_batch}: use a smaller --batch or rebuild with a larger max batch")
+
+    def _address(self, name: str, pointer: int) -> None:
+        if self.context.set_tensor_address(name, pointer) is False:
+            raise UserError(f"{self.label}: TensorRT refused the buffer of {name}")
+
+    def _copy(self, dst: int, src: int, nbytes: int, to_device: bool) -> None:
+        kinds = self.cudart.cudaMemcpyKind
+        kind = kinds.cudaMemcpyHostToDevice if to_device else kinds.cudaMemcpyDeviceToHost
+        self.cuda("cudaMemcpyAsync", dst, src, nbytes, kind, self.stream)
+
+    def _upload(self, tensor: _Tensor, value: np.ndarray, row: int = 0) -> None:
+        """Stage `value` (rows from `row` on) in pinned memory and queue its copy to the device."""
+        data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+        start = row * tensor.row_bytes
+        tensor.host[start : start + data.size] = data
+        self._copy(tensor.device + start, tensor.host_ptr + start, data.size, True)
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise UserError(f"{self.label}: TensorRT could not run the plan (its log above says why)")
+
+    def _use_device(self) -> None:
+        if self.device != 0:  # the current device is per thread; callers may come from a worker thread
+            self.cuda("cudaSetDevice", self.device)
+
+    # -- the Executor contract: numpy in, numpy out ----------------------------------------
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            self._end_sequence()
+            batch = len(next(iter(feeds.values())))
+            self._check_batch(batch)
+            self._use_device()
+            self._set_shapes(batch)
+            for tensor in self._tensors.values():
+                if tensor.is_input:
+                    self._upload(tensor, feeds[tensor.name])
+                self._address(tensor.name, tensor.device)
+            self._enqueue()
+            outputs = [self._tensors[n] for n in self.outputs]
+            for tensor in outputs:
+                self._copy(tensor.host_ptr, tensor.device, batch * tensor.row_bytes, False)
+            self.cuda("cudaStreamSynchronize", self.stream)
+            return {t.name: t.view(batch).copy() for t in outputs}
+
+    # -- the device-state path of the step graph -------------------------------------------
+    def bind_states(self, batch: int) -> None:
+        """Start a device-resident sequence of `batch` slots; states are zeroed, `reset` gives them their init."""
+        with self._lock:
+            if not self.pairs:
+                raise UserError(f"{self.label}: device states need the step graph's state names (states=...)")
+            self._check_batch(batch)
+            if batch != self._seq_batch:
+                self._drop_graphs()
+            self._use_device()
+            self._set_shapes(batch)
+            state_names = {t.name for pair in self.pairs for t in pair}
+            for tensor in self._tensors.values():
+                if tensor.name not in state_names:  # x, reset and the head outputs keep their own buffers
+                    self._address(tensor.name, tensor.device)
+            for a, b in self.pairs:
+                for tensor in (a, b):
+                    self.cuda("cudaMemsetAsync", tensor.device, 0, batch * tensor.row_bytes, self.stream)
+            self.cuda("cudaStreamSynchronize", self.stream)
+            self._seq_batch, self._parity = batch, 0
+
+    def step_device(self, x_rows: dict[int, np.ndarray] | np.ndarray | None, reset: np.ndarray,
+                    logits: bool = False) -> tuple[np.ndarray, ...]:
+        """One step of the bound slots: (confidence [B], prediction [B]) (+ logits [B, K] if asked).
+
+        x_rows: {slot: x row} for the slots whose input changed, a full batch [B, ...] (events), or
+        None; other slots keep the x already on the device. reset [B] bool: rows to restart.
+        """
+        with self._lock:
+            batch = self._seq_batch
+            if batch is None:
+                raise UserError(f"{self.label}: call bind_states(batch) before step_device (run() ends a sequence)")
+            reset = np.asarray(reset)
+            if reset.shape != (batch,):
+                raise UserError(f"{self.label}: reset has shape {list(reset.shape)}, the bound batch is [{batch}]")
+            self._use_device()
+            self._write_x(x_rows, batch)
+            self._upload(self._tensors[RESET], reset.astype(self._tensors[RESET].dtype, copy=False))
+            src, dst = (0, 1) if self._parity == 0 else (1, 0)
+            for pair in self.pairs:
+                self._address(pair[0].name, pair[src].device)
+                self._address(pair[1].name, pair[dst].device)
+            self._enqueue_step(batch)
+            wanted = [CONFIDENCE, PREDICTION] + ([LOGITS] if logits else [])
+            for name in wanted:
+                tensor = self._tensors[name]
+                self._copy(tensor.host_ptr, tensor.device, batch * tensor.row_bytes, False)
+            self.cuda("cudaStreamSynchronize", self.stream)
+            self._parity ^= 1
+            return tuple(self._tensors[name].view(batch).copy() for name in wanted)
+
+    def _write_x(self, x_rows, batch: int) -> None:
+        tensor = self._tensors[X]
+        if x_rows is None:
+            return
+        if isinstance(x_rows, np.ndarray):
+            if x_rows.shape != (batch, *tensor.rows) or x_rows.dtype != tensor.dtype:
+                raise UserError(f"{self.label}: x is {list(x_rows.shape)} {x_rows.dtype.name}, expected "
+                                f"{[batch, *tensor.rows]} {tensor.dtype.name}")
+            self._upload(tensor, x_rows)
+            return
+        for slot, row in x_rows.items():
+            row = np.asarray(row)
+            if not 0 <= slot < batch or row.shape != tensor.rows or row.dtype != tensor.dtype:
+                raise UserError(f"{self.label}: x row for slot {slot} is {list(row.shape)} {row.dtype.name}, expected "
+                                f"{list(tensor.rows)} {tensor.dtype.name} in a slot 0..{batch - 1}")
+            self._upload(tensor, row, slot)
+
+    def _enqueue_step(self, batch: int) -> None:
+        """Plain enqueue the first time a (batch, parity) runs; capture it as a CUDA graph the second; replay after."""
+        key = (batch, self._parity)
+        if not self.cuda_graphs:
+            self._enqueue()
+            return
+        graph = self._graphs.get(key)
+        if graph is None and key in self._warm:
+            graph = self._capture()
+            if graph is not None:
+                self._graphs[key] = graph
+        if graph is not None:
+            self.cuda("cudaGraphLaunch", graph, self.stream)
+        else:
+            self._enqueue()
+            self._warm.add(key)
+
+    def _capture(self):
+        """An instantiated CUDA graph of one enqueue with the current shapes and addresses, or None (graphs off)."""
+        rt = self.cudart
+        try:
+            self.cuda("cudaStreamBeginCapture", self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+            try:
+                ok = self.context.execute_async_v3(int(self.stream))
+            finally:
+                graph = self.cuda("cudaStreamEndCapture", self.stream)
+            if not ok:
+                raise CudaError("TensorRT could not enqueue the plan under stream capture")
+            executable = self.cuda("cudaGraphInstantiate", graph, 0)
+            self.cuda("cudaGraphDestroy", graph)
+            return executable
+        except CudaError as exc:  # some plans cannot be captured: run them without graphs
+            self.cuda_graphs, self.graph_error = False, str(exc)
+            return None
+
+    def _drop_graphs(self) -> None:
+        for executable in self._graphs.values():
+            self.cudart.cudaGraphExecDestroy(executable)
+        self._graphs.clear()
+        self._warm.clear()
+
+    def _end_sequence(self) -> None:
+        if self._seq_batch is not None:
+            self._drop_graphs()
+            self._seq_batch = None
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free graphs, buffers and the stream, then the context, engine and runtime (in that order)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            rt = self.cudart
+            if hasattr(self, "stream"):
+                rt.cudaStreamSynchronize(self.stream)
+            self._drop_graphs()
+            for tensor in self._tensors.values():
+                rt.cudaFree(tensor.device)
+                rt.cudaFreeHost(tensor.host_ptr)
+            self._tensors.clear()
+            if hasattr(self, "stream"):
+                rt.cudaStreamDestroy(self.stream)
+            self.context = self.engine = self.runtime = None
+
+
+def open_trt_graphs(bundle: Path, manifest: Manifest, precision: str | None = None, device: int = 0,
+                    cuda_graphs: bool = True) -> Callable[[str], Executor]:
+    """A factory role -> TrtExecutor over the plans in `bundle/engines/` that load on this machine."""
+    trt = load_tensorrt()
+    cudart = load_cudart()
+    gpu_name, capability = gpu_info(cudart, device)
+
+    def open_graph(role: str) -> Executor:
+        plan = find_engine(bundle, manifest, role, precision, trt.__version__, gpu_name, capability)
+        states = [(s.name, s.output) for s in manifest.states] if role == "step" else []
+        return TrtExecutor(plan, read_engine_meta(meta_path(plan)), device, states, cuda_graphs, f"{role} (trt)")
+
+    return open_graph

@@ -1,0 +1,578 @@
+"""The TensorRT backend: engine records and compatibility checks, clear errors without TensorRT or a GPU,
+the executor's buffer / ping-pong / CUDA-graph logic against stand-ins for tensorrt and cuda-python
+(ONNX Runtime computes the graph), and, marked gpu, the same parity checks with a real TensorRT engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import shutil
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from seenn_deploy.data import parse_data_spec
+from seenn_deploy.errors import MissingDependency, UserError
+from seenn_deploy.runtime import Confidence, Runtime, read_manifest, run_timesteps
+from seenn_deploy.runtime.engine_meta import (
+    ENGINES_DIR, EngineMeta, check_engine_compat, engine_file_name, find_engine, meta_path, read_engine_meta,
+    write_engine_meta,
+)
+from seenn_deploy.runtime.executors.ort import ORT_TYPES, OrtExecutor
+from seenn_deploy.runtime.manifest import (
+    CONFIDENCE, LOGITS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest, StateInfo,
+)
+
+ALPHA = 0.9
+
+
+def meta(**changes) -> EngineMeta:
+    fields = dict(role="step", plan="step.fp16.orin.trt10.3.0.plan", tensorrt_version="10.3.0", gpu_name="Orin",
+                  compute_capability="8.7", precision="fp16", profile={"min": 1, "opt": 32, "max": 64},
+                  created="2025-01-01T00:00:00+00:00", onnx_sha256="ab" * 32)
+    return EngineMeta(**{**fields, **changes})
+
+
+# -- compatibility -----------------------------------------------------------------------------
+def test_another_tensorrt_version_is_refused_naming_both_versions():
+    with pytest.raises(UserError) as info:
+        check_engine_compat(meta(), "11.0.1", "Orin", "8.7")
+    message = str(info.value)
+    assert "10.3.0" in message and "11.0.1" in message and "seenn-deploy build" in message
+    with pytest.raises(UserError, match=r"10\.3\.0.*10\.3\.1"):  # patch releases differ too
+        check_engine_compat(meta(), "10.3.1", "Orin", "8.7")
+
+
+def test_the_same_version_and_capability_are_accepted():
+    check_engine_compat(meta(), "10.3.0", "Orin", "8.7")
+    check_engine_compat(meta(tensorrt_version="10.0.1.6"), "10.0.1", "NVIDIA Orin", "8.7")  # build number ignored
+
+
+def test_version_compatible_plans_load_on_the_same_major_only():
+    built = meta(tensorrt_version="10.3.0", version_compatible=True)
+    check_engine_compat(built, "10.8.1", "Orin", "8.7")
+    check_engine_compat(meta(), "10.8.1", "Orin", "8.7", version_compatible=True)
+    with pytest.raises(UserError, match=r"10\.3\.0.*11\.0\.0.*10\.x"):
+        check_engine_compat(built, "11.0.0", "Orin", "8.7")
+    with pytest.raises(UserError, match=r"10\.3\.0.*older 10\.2\.0"):
+        check_engine_compat(built, "10.2.0", "Orin", "8.7")
+
+
+def test_another_compute_capability_is_refused():
+    with pytest.raises(UserError, match=r"compute capability 8\.7 \(Orin\).*NVIDIA H100.*9\.0"):
+        check_engine_compat(meta(), "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+def test_engine_file_names_are_sanitised():
+    assert engine_file_name("step", "fp16", "Orin", "10.3.0") == "step.fp16.orin.trt10.3.0.plan"
+    assert engine_file_name("encoder", "fp32", "NVIDIA H100 80GB HBM3", "10.8.0.43") == \
+        "encoder.fp32.h100-80gb-hbm3.trt10.8.0.plan"
+    assert engine_file_name("step", "FP16", "NVIDIA GeForce RTX 4090/../x", "11.0") == \
+        "step.fp16.geforce-rtx-4090-x.trt11.0.0.plan"
+
+
+# -- records -----------------------------------------------------------------------------------
+def test_engine_records_round_trip_and_corrupt_ones_are_refused(tmp_path):
+    path = tmp_path / "step.fp16.orin.trt10.3.0.plan.json"
+    write_engine_meta(path, meta(version_compatible=True))
+    assert read_engine_meta(path) == meta(version_compatible=True)
+    assert json.loads(path.read_text())["format"] == "seenn-deploy.engine"
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON.*seenn-deploy build"):
+        read_engine_meta(path)
+    path.write_text(json.dumps({**meta().to_dict(), "profile": {"min": 1}}))
+    with pytest.raises(UserError, match="malformed"):
+        read_engine_meta(path)
+    with pytest.raises(UserError, match="does not exist"):
+        read_engine_meta(tmp_path / "missing.plan.json")
+
+
+def tiny_bundle(path, precision="fp32"):
+    """A bundle the manifest reader accepts; its step.onnx is a placeholder (the tests never run it)."""
+    manifest = Manifest(graphs={"step": "step.onnx"}, input=InputInfo((1, 4, 4), "CHW", "static", (0.0,), (1.0,)),
+                        step_input_shape=(1, 4, 4), states=[StateInfo("v", (3,), 0.0)], num_classes=2,
+                        classes=["a", "b"], timesteps=4, exit=ExitInfo(kind="confidence", alpha=0.9),
+                        precision=precision)
+    path.mkdir()
+    (path / "manifest.json").write_text(json.dumps(manifest.to_dict()))
+    (path / "step.onnx").write_bytes(b"placeholder")
+    return path, manifest
+
+
+def add_plan(bundle, content=b"plan", **changes):
+    record = meta(**changes)
+    name = engine_file_name(record.role, record.precision, record.gpu_name, record.tensorrt_version)
+    record.plan = name
+    (bundle / ENGINES_DIR).mkdir(exist_ok=True)
+    (bundle / ENGINES_DIR / name).write_bytes(content)
+    write_engine_meta(meta_path(bundle / ENGINES_DIR / name), record)
+    return bundle / ENGINES_DIR / name
+
+
+def test_find_engine_says_to_build_and_lists_what_is_there(tmp_path):
+    bundle, manifest = tiny_bundle(tmp_path / "b.seenn", precision="fp16")
+    with pytest.raises(UserError, match="holds no TensorRT engines.*seenn-deploy build"):
+        find_engine(bundle, manifest, "step")
+    add_plan(bundle, role="encoder")
+    (bundle / ENGINES_DIR / "stray.plan").write_bytes(b"x")
+    with pytest.raises(UserError) as info:
+        find_engine(bundle, manifest, "step")
+    message = str(info.value)
+    assert "no fp16 engine for the step graph" in message and "seenn-deploy build" in message
+    assert "encoder.fp16.orin.trt10.3.0.plan (encoder, fp16, Orin sm 8.7, TensorRT 10.3.0)" in message
+    assert "stray.plan (no readable stray.plan.json record)" in message
+    with pytest.raises(UserError, match="has no policy graph"):
+        find_engine(bundle, manifest, "policy")
+
+
+def test_find_engine_picks_the_plan_that_loads_here(tmp_path):
+    bundle, manifest = tiny_bundle(tmp_path / "b.seenn", precision="fp16")
+    orin = add_plan(bundle)
+    h100 = add_plan(bundle, gpu_name="NVIDIA H100", compute_capability="9.0", tensorrt_version="10.8.0")
+    assert find_engine(bundle, manifest, "step", trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7") == orin
+    assert find_engine(bundle, manifest, "step", trt_version="10.8.0", compute_capability="9.0") == h100
+    with pytest.raises(UserError, match=r"10\.3\.0, this machine has 10\.4\.0"):
+        find_engine(bundle, manifest, "step", trt_version="10.4.0", gpu_name="Orin", compute_capability="8.7")
+
+
+# -- without TensorRT, without a GPU -----------------------------------------------------------
+def test_trt_backend_without_tensorrt_names_the_extra(tmp_path, monkeypatch):
+    bundle, _ = tiny_bundle(tmp_path / "b.seenn")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if not installed, also where it is
+    with pytest.raises(MissingDependency) as info:
+        Runtime.from_bundle(bundle, backend="trt")
+    message = str(info.value)
+    assert "tensorrt is not installed" in message and "pip install 'seenn-deploy[trt]'" in message
+    assert "https://pypi.nvidia.com" in message and "JetPack" in message and "\n" not in message
+
+
+# -- stand-ins for tensorrt and cuda-python ----------------------------------------------------
+class FakeCudart(types.ModuleType):
+    """cuda-python's runtime calls the executor makes, on host memory; every call returns (error, *results).
+
+    Work runs at once (a stream is a label). Stream capture records enqueues; a graph launch replays
+    them with the shapes and addresses bound at capture time, as a real CUDA graph would.
+    """
+
+    class cudaError_t(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorInvalidValue = 1
+        cudaErrorNoDevice = 100
+
+    class cudaMemcpyKind(enum.IntEnum):
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    class cudaStreamCaptureMode(enum.IntEnum):
+        cudaStreamCaptureModeGlobal = 0
+        cudaStreamCaptureModeThreadLocal = 1
+
+    def __init__(self, devices: int = 1) -> None:
+        super().__init__("cuda.bindings.runtime")
+        self.devices = devices
+        self.memory: dict[int, tuple[str, np.ndarray]] = {}
+        self.capture: list | None = None
+        self.graphs: dict[int, list] = {}
+        self.launches = 0
+
+    def _ok(self, *results):
+        return (self.cudaError_t.cudaSuccess, *results)
+
+    def _where(self, pointer: int, nbytes: int) -> str:
+        for start, (kind, buffer) in self.memory.items():
+            if start <= pointer and pointer + nbytes <= start + buffer.size:
+                return kind
+        raise AssertionError(f"{pointer:#x}+{nbytes} is outside every allocation")
+
+    def _alloc(self, kind: str, nbytes: int):
+        buffer = np.full(nbytes, 0xAB, dtype=np.uint8)  # garbage, as fresh device memory holds
+        self.memory[buffer.ctypes.data] = (kind, buffer)
+        return self._ok(buffer.ctypes.data)
+
+    def cudaGetDeviceCount(self):
+        return self._ok(self.devices) if self.devices else (self.cudaError_t.cudaErrorNoDevice, 0)
+
+    def cudaGetDeviceProperties(self, device):
+        return self._ok(types.SimpleNamespace(name=b"Fake GPU\x00\x00", major=8, minor=7))
+
+    def cudaSetDevice(self, device):
+        return self._ok()
+
+    def cudaStreamCreate(self):
+        return self._ok(7)
+
+    def cudaStreamSynchronize(self, stream):
+        return self._ok()
+
+    def cudaStreamDestroy(self, stream):
+        return self._ok()
+
+    def cudaMalloc(self, nbytes):
+        return self._alloc("device", nbytes)
+
+    def cudaMallocHost(self, nbytes):
+        return self._alloc("host", nbytes)
+
+    def cudaFree(self, pointer):
+        assert self.memory.pop(pointer)[0] == "device"
+        return self._ok()
+
+    def cudaFreeHost(self, pointer):
+        assert self.memory.pop(pointer)[0] == "host"
+        return self._ok()
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        to_device = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
+        assert (self._where(dst, nbytes), self._where(src, nbytes)) == (("device", "host") if to_device else ("host", "device"))
+        ctypes.memmove(dst, src, nbytes)
+        return self._ok()
+
+    def cudaMemsetAsync(self, pointer, value, nbytes, stream):
+        assert self._where(pointer, nbytes) == "device"
+        ctypes.memset(pointer, value, nbytes)
+        return self._ok()
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.capture = []
+        return self._ok()
+
+    def cudaStreamEndCapture(self, stream):
+        graph, self.capture = self.capture, None
+        self.graphs[id(graph)] = graph
+        return self._ok(id(graph))
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return self._ok(graph)
+
+    def cudaGraphLaunch(self, executable, stream):
+        self.launches += 1
+        for context, shapes, addresses in self.graphs[executable]:
+            context.compute(shapes, addresses)
+        return self._ok()
+
+    def cudaGraphDestroy(self, graph):
+        return self._ok()
+
+    def cudaGraphExecDestroy(self, executable):
+        self.graphs.pop(executable)
+        return self._ok()
+
+
+def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleType:
+    """A `tensorrt` whose plans are ONNX files, run by ONNX Runtime on tensors at the bound addresses."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+    trt.nptype = lambda dtype: dtype  # the stand-in's data types already are numpy's
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            if name in self.engine.inputs:
+                return self.shapes[name]
+            return (self.shapes[X][0], *self.engine.rows[name])
+
+        def set_tensor_address(self, name, pointer):
+            self.addresses[name] = pointer
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int)
+            snapshot = (self, dict(self.shapes), dict(self.addresses))
+            if cudart.capture is not None:
+                cudart.capture.append(snapshot)
+            else:
+                self.compute(*snapshot[1:])
+            return True
+
+        def compute(self, shapes, addresses):
+            engine, batch = self.engine, shapes[X][0]
+            assert len(set(addresses.values())) == len(addresses), "an output aliases another tensor"
+
+            def at(name, shape):
+                dtype = engine.dtypes[name]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                raw = np.ctypeslib.as_array(ctypes.cast(addresses[name], ctypes.POINTER(ctypes.c_uint8)), (nbytes,))
+                return raw.view(dtype).reshape(shape)
+
+            feeds = {name: at(name, shapes[name]).copy() for name in engine.inputs}
+            for name, value in zip(engine.outputs, engine.session.run(engine.outputs, feeds)):
+                at(name, (batch, *engine.rows[name]))[...] = value
+
+    class Engine:
+        def __init__(self, onnx: bytes):
+            self.session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+            self.inputs = [i.name for i in self.session.get_inputs()]
+            self.outputs = [o.name for o in self.session.get_outputs()]
+            self.dtypes = {i.name: np.dtype(ORT_TYPES[i.type]) for i in self.session.get_inputs()}
+            self.rows = {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()}
+            probe = {n: np.zeros((1, *self.rows[n]), self.dtypes[n]) for n in self.inputs}
+            for name, value in zip(self.outputs, self.session.run(self.outputs, probe)):
+                self.dtypes[name], self.rows[name] = value.dtype, value.shape[1:]
+            self.num_io_tensors = len(self.inputs) + len(self.outputs)
+
+        def get_tensor_name(self, index):
+            return (self.inputs + self.outputs)[index]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return self.dtypes[name]
+
+        def get_tensor_shape(self, name):
+            return (-1, *self.rows[name])
+
+        def get_tensor_profile_shape(self, name, profile):
+            return [(1, *self.rows[name]), (8, *self.rows[name]), (64, *self.rows[name])]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            assert isinstance(logger, Logger)
+
+        def deserialize_cuda_engine(self, plan):
+            return Engine(plan)
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Installs the stand-ins: returns a function (version, devices) -> the FakeCudart in use."""
+
+    def install(version: str = "10.3.0", devices: int = 1) -> FakeCudart:
+        cudart = FakeCudart(devices)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(cudart, version))
+        monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+        monkeypatch.setitem(sys.modules, "cuda.bindings", types.ModuleType("cuda.bindings"))
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+        return cudart
+
+    return install
+
+
+def test_trt_backend_without_a_gpu_says_so(tmp_path, fake_cuda):
+    bundle, _ = tiny_bundle(tmp_path / "b.seenn")
+    fake_cuda(devices=0)
+    with pytest.raises(UserError, match="no CUDA device was found.*backend='ort'"):
+        Runtime.from_bundle(bundle, backend="trt")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return parse_data_spec("digits").load("test")
+
+
+@pytest.fixture
+def fake_bundle(digits_bundle, tmp_path):
+    """A copy of the digits bundle whose 'plans' are its ONNX graphs, recorded as built on the fake GPU."""
+    bundle = shutil.copytree(digits_bundle, tmp_path / "digits.seenn")
+    manifest = read_manifest(bundle)
+    for role, rel in manifest.graphs.items():
+        add_plan(bundle, (bundle / rel).read_bytes(), role=role, precision=manifest.precision,
+                 gpu_name="Fake GPU", compute_capability="8.7")
+    return bundle, manifest
+
+
+def test_fake_engine_refused_for_another_tensorrt_version(fake_bundle, fake_cuda):
+    bundle, _ = fake_bundle
+    fake_cuda(version="11.0.1")
+    with pytest.raises(UserError, match=r"built with TensorRT 10\.3\.0, this machine has 11\.0\.1"):
+        Runtime.from_bundle(bundle, backend="trt")
+
+
+# -- parity checks, shared by the stand-in and the GPU tests -----------------------------------
+def assert_run_matches_ort(bundle, manifest, x, atol):
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+    from seenn_deploy.runtime.loop import open_bundle_graphs
+
+    open_graph = open_trt_graphs(bundle, manifest)
+    with open_graph("step") as step, open_graph("encoder") as encoder:
+        got = run_timesteps(manifest, step, x, encoder=encoder, batch_size=37)  # a short last batch changes shapes
+    ort_step, ort_encoder = open_bundle_graphs(bundle, manifest)
+    want = run_timesteps(manifest, ort_step, x, encoder=ort_encoder, batch_size=37)
+    np.testing.assert_allclose(got.logits, want.logits, atol=atol, rtol=0)
+    np.testing.assert_allclose(got.confidence, want.confidence, atol=atol, rtol=0)
+    assert (got.prediction == want.prediction).mean() > 0.99
+
+
+def slot_schedule(batch: int, steps: int, samples: int, seed: int = 0):
+    """Per step: (rows to write {slot: sample index}, reset [B]); slots restart at random, empty ones every step."""
+    rng = np.random.default_rng(seed)
+    plan, next_sample = [], 0
+    for t in range(steps):
+        reset = np.ones(batch, bool) if t == 0 else rng.random(batch) < 0.3
+        reset[batch - 1] = True  # an empty slot: restarted every step, its x written once
+        rows = {}
+        for slot in np.flatnonzero(reset if t == 0 else reset[: batch - 1]):
+            rows[int(slot)] = next_sample % samples
+            next_sample += 1
+        plan.append((rows, reset))
+    return plan
+
+
+def assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch, steps, atol):
+    """The ping-pong device path gives what the numpy path (ONNX Runtime, host states) gives, step by step."""
+    ort_step = OrtExecutor(bundle / manifest.graphs["step"])
+    states = {s.name: np.zeros((batch, *s.shape), dtype=s.dtype) for s in manifest.states}
+    x = np.zeros((batch, *manifest.step_input_shape), dtype=manifest.input.dtype)
+    step.bind_states(batch)
+    for rows, reset in slot_schedule(batch, steps, len(encoded)):
+        for slot, sample in rows.items():
+            x[slot] = encoded[sample]
+        out = ort_step.run({X: x, RESET: reset, **states})
+        states = {s.name: out[s.output] for s in manifest.states}
+        confidence, prediction, logits = step.step_device({s: encoded[i] for s, i in rows.items()}, reset, logits=True)
+        np.testing.assert_allclose(confidence, out[CONFIDENCE], atol=atol, rtol=0)
+        np.testing.assert_allclose(logits, out[LOGITS], atol=atol, rtol=0)
+        assert (prediction == out[PREDICTION]).mean() >= (1.0 if atol == 0 else 0.9)
+
+
+def encode(bundle, manifest, x):
+    from seenn_deploy.runtime.loop import normalise, open_bundle_graphs
+
+    _, encoder = open_bundle_graphs(bundle, manifest)
+    return encoder.run({X: normalise(manifest, x)})["encoded"]
+
+
+def assert_runtime_equals_ort(bundle, x, exact):
+    with Runtime.from_bundle(bundle, backend="ort", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+        want = runtime.infer(x)
+    with Runtime.from_bundle(bundle, backend="trt", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+        got = runtime.infer(x)
+    same = [(g.prediction, g.timesteps) == (w.prediction, w.timesteps) for g, w in zip(got, want)]
+    if exact:
+        assert [(r.prediction, r.confidence, r.timesteps) for r in got] == \
+            [(r.prediction, r.confidence, r.timesteps) for r in want]
+    else:  # an exit decision may flip where a confidence sits within rounding of alpha
+        assert np.mean(same) >= 0.99
+        assert all(abs(g.confidence - w.confidence) < 1e-4 for g, w, s in zip(got, want, same) if s)
+
+
+# -- the executor's logic, on the stand-ins ----------------------------------------------------
+def test_stand_in_run_matches_ort_per_step(fake_bundle, fake_cuda, digits):
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    assert_run_matches_ort(bundle, manifest, digits.x[:100], atol=0)
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_stand_in_device_states_match_the_numpy_path(fake_bundle, fake_cuda, digits, cuda_graphs):
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+
+    bundle, manifest = fake_bundle
+    cudart = fake_cuda()
+    encoded = encode(bundle, manifest, digits.x[:60])
+    with open_trt_graphs(bundle, manifest, cuda_graphs=cuda_graphs)("step") as step:
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=7, steps=12, atol=0)
+        assert cudart.launches == (12 - 2 if cuda_graphs else 0)  # two warm-up steps, one per parity
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=5, steps=6, atol=0)  # new batch: re-capture
+        assert len(cudart.graphs) == (2 if cuda_graphs else 0) and step.graph_error is None
+        step.run({X: encoded[:3], RESET: np.ones(3, bool),
+                  **{s.name: np.zeros((3, *s.shape), s.dtype) for s in manifest.states}})
+        with pytest.raises(UserError, match="bind_states"):  # run() ended the device sequence
+            step.step_device(None, np.zeros(5, bool))
+    assert not cudart.memory  # close() freed every buffer
+
+
+def test_stand_in_runtime_slots_equal_ort(fake_bundle, fake_cuda, digits):
+    bundle, _ = fake_bundle
+    fake_cuda()
+    assert_runtime_equals_ort(bundle, digits.x[:200], exact=True)
+
+
+# -- on a GPU with TensorRT ----------------------------------------------------------------------
+def trt_and_gpu():
+    """(tensorrt, gpu name, compute capability), or skip saying what is missing."""
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: these tests need "
+                              "pip install 'seenn-deploy[trt]' and a CUDA GPU")
+    from seenn_deploy.runtime.executors.trt import gpu_info, load_cudart
+
+    try:
+        name, capability = gpu_info(load_cudart())
+    except UserError as exc:  # MissingDependency included
+        pytest.skip(f"needs cuda-python and a CUDA GPU: {exc}")
+    return trt, name, capability
+
+
+def build_plan(trt, onnx_path, plan_path, max_batch):
+    """A plan for `onnx_path` with one profile, batch 1..max_batch; strongly typed, no TF32 (fp32 parity)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise AssertionError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
+    config = builder.create_builder_config()
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rows = tuple(tensor.shape)[1:]
+        profile.set_shape(tensor.name, (1, *rows), (max(1, max_batch // 2), *rows), (max_batch, *rows))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None, f"TensorRT could not build {onnx_path}"
+    plan_path.write_bytes(bytes(plan))
+
+
+@pytest.fixture(scope="module")
+def trt_bundle(digits_bundle, tmp_path_factory):
+    trt, gpu_name, capability = trt_and_gpu()
+    bundle = shutil.copytree(digits_bundle, tmp_path_factory.mktemp("trt") / "digits.seenn")
+    manifest = read_manifest(bundle)
+    (bundle / ENGINES_DIR).mkdir()
+    for role, rel in manifest.graphs.items():
+        name = engine_file_name(role, manifest.precision, gpu_name, trt.__version__)
+        build_plan(trt, bundle / rel, bundle / ENGINES_DIR / name, max_batch=64)
+        write_engine_meta(meta_path(bundle / ENGINES_DIR / name), EngineMeta(
+            role=role, plan=name, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+            precision=manifest.precision, profile={"min": 1, "opt": 32, "max": 64}))
+    return bundle, manifest
+
+
+@pytest.mark.gpu
+def test_trt_run_matches_ort_per_step(trt_bundle, digits):
+    bundle, manifest = trt_bundle
+    assert_run_matches_ort(bundle, manifest, digits.x[:200], atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_trt_device_states_match_the_numpy_path(trt_bundle, digits):
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+
+    bundle, manifest = trt_bundle
+    encoded = encode(bundle, manifest, digits.x[:100])
+    with open_trt_graphs(bundle, manifest)("step") as step:
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=16, steps=20, atol=1e-4)
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=9, steps=8, atol=1e-4)
+        assert step.graph_error is None, step.graph_error
+
+
+@pytest.mark.gpu
+def test_trt_runtime_slots_equal_ort(trt_bundle, digits):
+    bundle, _ = trt_bundle
+    assert_runtime_equals_ort(bundle, digits.x[:300], exact=False)
