@@ -15,9 +15,8 @@ from seenn_deploy.calib.profile import PROFILE_FILE, TimestepProfile, bundle_fin
 from seenn_deploy.calib.select import for_accuracy_drop, for_timestep_budget
 from seenn_deploy.calib.sweep import SweepPoint, evaluate_alpha, exit_shares, fixed_points, point_dict, sweep
 from seenn_deploy.errors import UserError
-from seenn_deploy.export.bundle_writer import write_manifest
 from seenn_deploy.files import write_json_atomic
-from seenn_deploy.runtime.manifest import Manifest
+from seenn_deploy.runtime.manifest import Manifest, write_manifest
 
 CALIB_DIR = "calib"
 

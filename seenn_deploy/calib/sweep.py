@@ -63,7 +63,6 @@ def evaluate_alpha(scores: np.ndarray, correct: np.ndarray, alpha: float) -> Swe
 def sweep(scores: np.ndarray, correct: np.ndarray) -> Sweep:
     """Every operating point of threshold exit. scores, correct: [T, N] (score and correctness after step t)."""
     steps, n = scores.shape
-    cols = np.arange(n)
     running = np.maximum.accumulate(scores[:-1].astype(np.float64), axis=0)  # [T-1, N]
     previous = np.vstack([np.full((1, n), -np.inf), running[:-1]])
     rises = running > previous  # where alpha just below M[t] moves the exit to t+1

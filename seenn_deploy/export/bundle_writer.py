@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Iterator
 
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import umask_mode, write_json_atomic
-from seenn_deploy.runtime.manifest import MANIFEST, Manifest
+from seenn_deploy.files import umask_mode
+from seenn_deploy.runtime.manifest import MANIFEST
 
 
 def check_bundle_target(out: Path, force: bool) -> None:
@@ -49,8 +49,3 @@ def staged_bundle(out: Path, force: bool = False) -> Iterator[Path]:
     staging.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_manifest(bundle: Path, manifest: Manifest) -> None:
-    manifest.check()
-    write_json_atomic(Path(bundle) / MANIFEST, manifest.to_dict())

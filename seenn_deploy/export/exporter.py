@@ -16,16 +16,16 @@ from torch import nn
 from seenn_deploy import __version__
 from seenn_deploy.data import Normalisation
 from seenn_deploy.errors import UserError
-from seenn_deploy.export.bundle_writer import staged_bundle, write_manifest
+from seenn_deploy.export.bundle_writer import staged_bundle
+from seenn_deploy.export.precision import for_precision
 from seenn_deploy.export.onnx_export import METADATA_KEY, GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
 from seenn_deploy.runtime.manifest import (
-    ACCUMULATIONS, CONFIDENCE, LOGITS, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest, StateInfo,
+    ACCUMULATIONS, CONFIDENCE, LOGITS, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
+    write_manifest,
 )
 from seenn_deploy.snn.model import SpikingModel
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
 EXAMPLE_BATCH = 2
 
 
@@ -88,22 +88,22 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         raise UserError(f"timesteps must be >= 1, got {source.timesteps}")
     if len(source.classes) != model.num_classes:
         raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
-    dtype = DTYPES[options.precision]
-    model = copy.deepcopy(model).eval().to(device="cpu", dtype=dtype)
+    dtype = torch.float32  # graph inputs, outputs and states; FP16 lives inside (see export/precision.py)
+    model = for_precision(model, options.precision)
     split = options.encoder_split and not source.event
     channels = model.input_spec.channels
     norm = source.normalisation or Normalisation(tuple([0.0] * channels), tuple([1.0] * channels))
     sample = torch.zeros(EXAMPLE_BATCH, *model.input_spec.shape, dtype=dtype)
     with torch.no_grad():
         step_sample = model.encoder(sample) if split else sample
-    states = [StateInfo(s.name, s.shape, s.init, DTYPE_NAMES[options.precision]) for s in graph_states(model)]
+    states = graph_states(model)
     manifest = Manifest(
         graphs={"step": "step.onnx", **({"encoder": "encoder.onnx"} if split else {})},
         input=InputInfo(
             shape=((source.timesteps,) if source.event else ()) + model.input_spec.shape,
             layout="TCHW" if source.event else "CHW",
             kind="event" if source.event else "static",
-            mean=tuple(norm.mean), std=tuple(norm.std), dtype=DTYPE_NAMES[options.precision],
+            mean=tuple(norm.mean), std=tuple(norm.std),
         ),
         step_input_shape=tuple(step_sample.shape[1:]),
         states=states,
@@ -138,7 +138,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
                          [CONFIDENCE, PREDICTION, LOGITS, *[s.output for s in states]])
         export(step, (step_sample, reset, *state_args), spec, staging / "step.onnx")
         if source.policy is not None:
-            policy = copy.deepcopy(source.policy).eval().to(device="cpu", dtype=dtype)
+            policy = copy.deepcopy(source.policy).eval().to(device="cpu", dtype=torch.float32)
             export(policy, (sample,), GraphSpec([X], ["scores"]), staging / "policy.onnx")
         write_manifest(staging, manifest)
     return manifest

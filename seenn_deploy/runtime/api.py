@@ -34,7 +34,7 @@ class Runtime:
     """Early-exit inference over a bundle. Use as a context manager, or call close()."""
 
     def __init__(self, manifest: Manifest, step: Executor, encoder: Executor | None, exit_policy: ExitPolicy,
-                 mode: str = "slots", batch: int = 1, policy: Executor | None = None) -> None:
+                 mode: str = "slots", batch: int = 1, policy: Executor | None = None, device_states: bool = True) -> None:
         self.manifest = manifest
         self.step = step
         self.encoder = encoder
@@ -42,7 +42,8 @@ class Runtime:
         self.exit = exit_policy
         self.mode = mode
         self.batch = batch
-        self._new_scheduler()  # validates mode and batch now, not at the first request
+        self.device_states = device_states
+        self._new_scheduler().close()  # validates mode and batch now, not at the first request
         self._inbox: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -51,8 +52,12 @@ class Runtime:
     @classmethod
     def from_bundle(cls, path: Path | str, backend: str = "ort", exit: str | ExitPolicy | None = None,
                     mode: str = "slots", batch: int = 1, providers: Sequence[str] | None = None,
-                    threads: int | None = None, **backend_options) -> "Runtime":
-        """Open a bundle. backend 'ort' (providers, threads), 'torch' (device=, checkpoint=) or 'trt'."""
+                    threads: int | None = None, device_states: bool = True, **backend_options) -> "Runtime":
+        """Open a bundle. backend 'ort' (providers, threads), 'torch' (device=, checkpoint=) or 'trt'.
+
+        device_states: in slot mode, keep the states where the graph runs (ORT I/O binding,
+        TensorRT buffers) instead of passing them through the host every step.
+        """
         bundle = Path(path)
         manifest = read_manifest(bundle)
         if backend not in BACKENDS:
@@ -74,7 +79,7 @@ class Runtime:
         encoder = open_graph("encoder") if manifest.has_encoder else None
         policy = open_graph("policy") if "policy" in manifest.graphs else None
         policy_exit = exit if isinstance(exit, ExitPolicy) else parse_exit(exit, manifest, policy)
-        return cls(manifest, step, encoder, policy_exit, mode, batch, policy)
+        return cls(manifest, step, encoder, policy_exit, mode, batch, policy, device_states)
 
     # -- inputs ----------------------------------------------------------------------------
     def prepare(self, x: np.ndarray) -> np.ndarray:
@@ -98,7 +103,8 @@ class Runtime:
 
     # -- batch inference -------------------------------------------------------------------
     def _new_scheduler(self) -> Scheduler:
-        return make_scheduler(self.mode, self.manifest, self.step, self.exit, self.batch, self.encoder)
+        return make_scheduler(self.mode, self.manifest, self.step, self.exit, self.batch, self.encoder,
+                              device_states=self.device_states)
 
     def infer(self, x: np.ndarray) -> list[Result]:
         """Results for samples x [N, ...] in order; raises the first failure after all samples ran."""
@@ -107,9 +113,12 @@ class Runtime:
         requests = [Request(sample) for sample in prepared]
         scheduler.add(requests)
         answers: dict[int, Result | BaseException] = {}
-        while not scheduler.idle:
-            for request, outcome in scheduler.tick():
-                answers[id(request)] = outcome
+        try:
+            while not scheduler.idle:
+                for request, outcome in scheduler.tick():
+                    answers[id(request)] = outcome
+        finally:
+            scheduler.close()
         results = [answers[id(r)] for r in requests]
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -136,6 +145,7 @@ class Runtime:
         while True:
             if scheduler.idle:
                 if stopping:
+                    scheduler.close()
                     return
                 item = self._inbox.get()  # nothing to do: block
                 stopping = self._accept(item, scheduler) or stopping
@@ -149,6 +159,7 @@ class Runtime:
                 outcomes = scheduler.tick()
             except BaseException as exc:  # a bug in the scheduler: fail what it held, keep serving
                 outcomes = [(r, exc) for r in list(scheduler.pending) + _held(scheduler)]
+                scheduler.close()
                 scheduler = self._new_scheduler()
             for request, outcome in outcomes:
                 if isinstance(outcome, BaseException):

@@ -49,7 +49,6 @@ def run_timesteps(manifest: Manifest, step: Executor, x: np.ndarray, timesteps: 
     check_samples(manifest, x)
     if manifest.input.kind == "event" and x.shape[1] < steps:
         raise UserError(f"event samples have {x.shape[1]} frames; {steps} timesteps need as many")
-    dtype = NUMPY_DTYPES[manifest.input.dtype]
     logits, conf, pred = [], [], []
     extra: dict[str, list[np.ndarray]] = {name: [] for name in extra_outputs}
     for start in range(0, len(x), batch_size):

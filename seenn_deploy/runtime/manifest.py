@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from seenn_deploy.errors import UserError
+from seenn_deploy.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "seenn-deploy.bundle"
@@ -147,6 +148,12 @@ class Manifest:
     @property
     def has_encoder(self) -> bool:
         return "encoder" in self.graphs
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    """Check and write `bundle/manifest.json` atomically."""
+    manifest.check()
+    write_json_atomic(Path(bundle) / MANIFEST, manifest.to_dict())
 
 
 def read_manifest(bundle: Path) -> Manifest:

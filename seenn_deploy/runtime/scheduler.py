@@ -82,6 +82,9 @@ class Scheduler:
         """Admit what fits, run one step, return the samples that finished (or failed) in it."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Give back what the scheduler holds on the executor's device."""
+
     # -- helpers ---------------------------------------------------------------------------
     def _take(self, n: int) -> list[Request]:
         return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
@@ -120,16 +123,25 @@ class Scheduler:
 
 
 class SlotScheduler(Scheduler):
-    """B fixed slots; refilled with `reset` set as soon as they free up."""
+    """B fixed slots; refilled with `reset` set as soon as they free up.
 
-    def __init__(self, *args, **kwargs) -> None:
+    With an executor that can keep states on its device (`open_states`: ORT I/O binding,
+    TensorRT ping-pong buffers), states never leave it: each step sends the new x rows and
+    `reset` [B] and reads back `confidence` and `prediction` [B]. `device_states=False` keeps
+    them on the host, fed back through `run`.
+    """
+
+    def __init__(self, *args, device_states: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         b = self.batch
+        opener = getattr(self.step_executor, "open_states", None) if device_states else None
+        self.device = opener(b, self.manifest.states) if opener is not None else None
         self.rows: list[Request | None] = [None] * b
         shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
         dtype = np.dtype(self.manifest.input.dtype)
         self.inputs = np.zeros((b, *shape), dtype=dtype)
-        self.states = self._fresh_states(b)
+        self.states = self._fresh_states(b) if self.device is None else {}
+        self.written: dict[int, np.ndarray] = {}  # slot -> new x row, for the device path
         self.steps = np.zeros(b, dtype=np.int64)
         self.budget = np.ones(b, dtype=np.int64)
         self.reset = np.ones(b, dtype=np.bool_)
@@ -152,6 +164,7 @@ class SlotScheduler(Scheduler):
             for slot, request in zip(slots, batch):
                 self.rows[slot] = request
             self.inputs[slots] = inputs
+            self.written.update(zip(slots, inputs))
             self.budget[slots] = budgets
             self.steps[slots] = 0
             self.reset[slots] = True
@@ -160,20 +173,37 @@ class SlotScheduler(Scheduler):
             return outcomes
         self.reset |= ~occupied  # empty slots restart every step, so their garbage stays bounded
         try:
-            out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
+            confidence, prediction = self._step()
         except Exception as exc:
             outcomes += [(r, exc) for r in self.rows if r is not None]
             self.rows = [None] * self.batch
             self.reset[:] = True
+            self.written = {}
             return outcomes
-        self.states = self._next_states(out)
         self.reset[:] = False
         self.steps += occupied
-        done = occupied & self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
+        done = occupied & self.exit.exits(confidence, self.steps, self.budget)
         for slot in np.flatnonzero(done):
-            outcomes.append(self._result(self.rows[slot], out[PREDICTION][slot], out[CONFIDENCE][slot], self.steps[slot]))
+            outcomes.append(self._result(self.rows[slot], prediction[slot], confidence[slot], self.steps[slot]))
             self.rows[slot] = None
         return outcomes
+
+    def _step(self) -> tuple[np.ndarray, np.ndarray]:
+        """One step of all B slots -> (confidence [B], prediction [B])."""
+        x = self._frame(self.inputs, self.steps)
+        if self.device is not None:
+            rows = x if self.event else (self.written or None)
+            self.written = {}
+            self.steps_run += 1
+            self.rows_run += self.batch
+            return self.device.step(rows, self.reset)
+        out = self._run(x, self.reset, self.states)
+        self.states = self._next_states(out)
+        return out[CONFIDENCE], out[PREDICTION]
+
+    def close(self) -> None:
+        if self.device is not None:
+            self.device.close()
 
 
 class CompactScheduler(Scheduler):
@@ -277,7 +307,10 @@ class NaiveScheduler(CompactScheduler):
 SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": CompactScheduler, "naive": NaiveScheduler}
 
 
-def make_scheduler(mode: str, *args, **kwargs) -> Scheduler:
+def make_scheduler(mode: str, *args, device_states: bool = True, **kwargs) -> Scheduler:
+    """The scheduler for `mode`; `device_states` applies to slot mode (the others reshape states on the host)."""
     if mode not in SCHEDULERS:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "slots":
+        kwargs["device_states"] = device_states
     return SCHEDULERS[mode](*args, **kwargs)

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from seenn_deploy.data import ArrayDataset, Normalisation, parse_data_spec
@@ -109,6 +108,7 @@ class Trainer:
             raise UserError("--augment works on static images only, and this data is event data")
         self.normalisation = Normalisation.fit(self.train_data.x)
         shape = self.train_data.sample_shape[-3:]
+        torch.manual_seed(config.seed)  # the initial weights, so a seed reproduces a run
         model = create_model(
             config.arch,
             num_classes=len(self.train_data.classes),

@@ -113,9 +113,14 @@ def test_confidence_is_the_max_softmax_of_accumulated_logits(digits_bundle):
 
 def test_fp16_bundle_agrees_with_fp32(digits_checkpoint, tmp_path):
     manifest = export_checkpoint(digits_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16"))
-    assert manifest.precision == "fp16" and manifest.input.dtype == "float16"
+    assert manifest.precision == "fp16" and manifest.input.dtype == "float32"
     graph = onnx.load(str(tmp_path / "fp16" / "step.onnx"))
-    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    weights = {i.name: i.data_type for i in graph.graph.initializer if i.name.endswith("weight")}
+    half = [n for n, t in weights.items() if t == onnx.TensorProto.FLOAT16]
+    # the hidden conv and fc run in FP16; the classifier stays FP32 (and the encoder, in encoder.onnx)
+    assert len(half) == 2 and len(weights) == 3, weights
+    encoder = onnx.load(str(tmp_path / "fp16" / "encoder.onnx"))
+    assert all(i.data_type == onnx.TensorProto.FLOAT for i in encoder.graph.initializer)
     from seenn_deploy.data import parse_data_spec
 
     data = parse_data_spec("digits").load("test")

@@ -37,12 +37,16 @@ def summary(results):
     return [(r.prediction, r.confidence, r.timesteps) for r in results]
 
 
-@pytest.mark.parametrize("mode", ["slots", "compact", "naive"])
+MODES = [("slots", True), ("slots", False), ("compact", False), ("naive", False)]
+
+
+@pytest.mark.parametrize("mode, device_states", MODES, ids=["slots-device-states", "slots-host-states", "compact", "naive"])
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_batched_results_equal_the_offline_trace_exactly(digits_bundle, digits, offline, mode, batch):
+def test_batched_results_equal_the_offline_trace_exactly(digits_bundle, digits, offline, mode, device_states, batch):
     exit_t, prediction, confidence = offline
     assert 1 < exit_t.mean() < 4  # some samples exit early, some do not: the test can tell modes apart
-    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode=mode, batch=batch) as runtime:
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode=mode, batch=batch,
+                             device_states=device_states) as runtime:
         results = runtime.infer(digits.x)
     assert [r.timesteps for r in results] == exit_t.tolist()
     assert [r.prediction for r in results] == prediction.tolist()
@@ -153,3 +157,20 @@ def test_torch_backend_matches_onnx_runtime(digits_bundle, digits):
     assert [r.prediction for r in a] == [r.prediction for r in b]
     assert [r.timesteps for r in a] == [r.timesteps for r in b]
     np.testing.assert_allclose([r.confidence for r in a], [r.confidence for r in b], atol=1e-5)
+
+
+def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
+    """With I/O binding the states stay in the executor's OrtValues: run() is never called."""
+    from seenn_deploy.runtime.scheduler import Request, SlotScheduler
+
+    manifest = read_manifest(digits_bundle)
+    step, encoder = open_bundle_graphs(digits_bundle, manifest)
+    scheduler = SlotScheduler(manifest, step, Confidence(ALPHA), 8, encoder)
+    assert scheduler.device is not None and scheduler.states == {}
+    step.run = None  # the host path would call it
+    scheduler.add([Request(x) for x in digits.x[:20]])
+    done = []
+    while not scheduler.idle:
+        done += scheduler.tick()
+    scheduler.close()
+    assert len(done) == 20 and step.calls == scheduler.steps_run

@@ -313,7 +313,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleTy
                 return raw.view(dtype).reshape(shape)
 
             feeds = {name: at(name, shapes[name]).copy() for name in engine.inputs}
-            for name, value in zip(engine.outputs, engine.session.run(engine.outputs, feeds)):
+            for name, value in zip(engine.outputs, engine.session.run(engine.outputs, feeds), strict=True):
                 at(name, (batch, *engine.rows[name]))[...] = value
 
     class Engine:
@@ -324,7 +324,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleTy
             self.dtypes = {i.name: np.dtype(ORT_TYPES[i.type]) for i in self.session.get_inputs()}
             self.rows = {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()}
             probe = {n: np.zeros((1, *self.rows[n]), self.dtypes[n]) for n in self.inputs}
-            for name, value in zip(self.outputs, self.session.run(self.outputs, probe)):
+            for name, value in zip(self.outputs, self.session.run(self.outputs, probe), strict=True):
                 self.dtypes[name], self.rows[name] = value.dtype, value.shape[1:]
             self.num_io_tensors = len(self.inputs) + len(self.outputs)
 
@@ -412,9 +412,19 @@ def assert_run_matches_ort(bundle, manifest, x, atol):
         got = run_timesteps(manifest, step, x, encoder=encoder, batch_size=37)  # a short last batch changes shapes
     ort_step, ort_encoder = open_bundle_graphs(bundle, manifest)
     want = run_timesteps(manifest, ort_step, x, encoder=ort_encoder, batch_size=37)
-    np.testing.assert_allclose(got.logits, want.logits, atol=atol, rtol=0)
-    np.testing.assert_allclose(got.confidence, want.confidence, atol=atol, rtol=0)
-    assert (got.prediction == want.prediction).mean() > 0.99
+    share = 1.0 if atol == 0 else 0.99
+    assert_rows_close(got.logits, want.logits, atol, share, sample_axis=1)  # [T, N, K]
+    assert_rows_close(got.confidence, want.confidence, atol, share, sample_axis=1)
+    assert (got.prediction == want.prediction).mean() >= share
+
+
+def assert_rows_close(got, want, atol, share, sample_axis=0):
+    """At least `share` of the samples agree within atol everywhere. A float difference can flip a spike where a
+    membrane potential sits at its threshold, and that sample then differs by more: so not all, on a real GPU."""
+    assert got.shape == want.shape
+    close = np.abs(got.astype(np.float64) - want) <= atol
+    close = np.moveaxis(close, sample_axis, 0).reshape(close.shape[sample_axis], -1).all(axis=1)
+    assert close.mean() >= share, f"{(~close).sum()} of {close.size} samples differ by more than {atol}"
 
 
 def slot_schedule(batch: int, steps: int, samples: int, seed: int = 0):
@@ -444,9 +454,10 @@ def assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch
         out = ort_step.run({X: x, RESET: reset, **states})
         states = {s.name: out[s.output] for s in manifest.states}
         confidence, prediction, logits = step.step_device({s: encoded[i] for s, i in rows.items()}, reset, logits=True)
-        np.testing.assert_allclose(confidence, out[CONFIDENCE], atol=atol, rtol=0)
-        np.testing.assert_allclose(logits, out[LOGITS], atol=atol, rtol=0)
-        assert (prediction == out[PREDICTION]).mean() >= (1.0 if atol == 0 else 0.9)
+        share = 1.0 if atol == 0 else 0.9
+        assert_rows_close(confidence, out[CONFIDENCE], atol, share)
+        assert_rows_close(logits, out[LOGITS], atol, share)
+        assert (prediction == out[PREDICTION]).mean() >= share
 
 
 def encode(bundle, manifest, x):
@@ -461,20 +472,21 @@ def assert_runtime_equals_ort(bundle, x, exact):
         want = runtime.infer(x)
     with Runtime.from_bundle(bundle, backend="trt", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
         got = runtime.infer(x)
-    same = [(g.prediction, g.timesteps) == (w.prediction, w.timesteps) for g, w in zip(got, want)]
+    same = [(g.prediction, g.timesteps) == (w.prediction, w.timesteps) for g, w in zip(got, want, strict=True)]
     if exact:
         assert [(r.prediction, r.confidence, r.timesteps) for r in got] == \
             [(r.prediction, r.confidence, r.timesteps) for r in want]
     else:  # an exit decision may flip where a confidence sits within rounding of alpha
         assert np.mean(same) >= 0.99
-        assert all(abs(g.confidence - w.confidence) < 1e-4 for g, w, s in zip(got, want, same) if s)
+        assert all(abs(g.confidence - w.confidence) < 1e-4 for g, w, s in zip(got, want, same, strict=True) if s)
 
 
 # -- the executor's logic, on the stand-ins ----------------------------------------------------
-def test_stand_in_run_matches_ort_per_step(fake_bundle, fake_cuda, digits):
+@pytest.mark.parametrize("atol", [0, 1e-4])  # 1e-4: the tolerance the GPU test uses
+def test_stand_in_run_matches_ort_per_step(fake_bundle, fake_cuda, digits, atol):
     bundle, manifest = fake_bundle
     fake_cuda()
-    assert_run_matches_ort(bundle, manifest, digits.x[:100], atol=0)
+    assert_run_matches_ort(bundle, manifest, digits.x[:100], atol=atol)
 
 
 @pytest.mark.parametrize("cuda_graphs", [True, False])
@@ -496,10 +508,11 @@ def test_stand_in_device_states_match_the_numpy_path(fake_bundle, fake_cuda, dig
     assert not cudart.memory  # close() freed every buffer
 
 
-def test_stand_in_runtime_slots_equal_ort(fake_bundle, fake_cuda, digits):
+@pytest.mark.parametrize("exact", [True, False])  # False: the comparison the GPU test makes
+def test_stand_in_runtime_slots_equal_ort(fake_bundle, fake_cuda, digits, exact):
     bundle, _ = fake_bundle
     fake_cuda()
-    assert_runtime_equals_ort(bundle, digits.x[:200], exact=True)
+    assert_runtime_equals_ort(bundle, digits.x[:200], exact=exact)
 
 
 # -- on a GPU with TensorRT ----------------------------------------------------------------------
@@ -540,8 +553,10 @@ def build_plan(trt, onnx_path, plan_path, max_batch):
 
 
 @pytest.fixture(scope="module")
-def trt_bundle(digits_bundle, tmp_path_factory):
+def trt_bundle(request, tmp_path_factory):
+    """A copy of the digits bundle with real plans for its graphs (skips first, before training the model)."""
     trt, gpu_name, capability = trt_and_gpu()
+    digits_bundle = request.getfixturevalue("digits_bundle")
     bundle = shutil.copytree(digits_bundle, tmp_path_factory.mktemp("trt") / "digits.seenn")
     manifest = read_manifest(bundle)
     (bundle / ENGINES_DIR).mkdir()

@@ -31,7 +31,7 @@ def test_tet_loss_is_the_mean_of_per_timestep_cross_entropies():
 
 def test_training_learns_and_writes_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    history = train(config(out, epochs=4, timesteps=2), log=lambda s: None, progress=False)
+    history = train(config(out, epochs=10, timesteps=2), log=lambda s: None, progress=False)
     acc = history[-1].val_accuracy
     assert len(acc) == 2 and acc[-1] > 0.8, acc  # 10 classes: chance is 0.1
     model, cfg = load_checkpoint(out)
@@ -81,7 +81,7 @@ def test_existing_output_needs_resume(tmp_path):
         ({"arch": "policy_resnet8"}, "not a spiking model"),
         ({"timesteps": 0}, "--timesteps"),
         ({"data": "mnist:/x"}, "mnist"),
-        ({"arch": "vgg16"}, "at least 32x32"),
+        ({"arch": "vgg16", "model_kwargs": {}}, "at least 32x32"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, over, match):

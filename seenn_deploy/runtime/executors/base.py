@@ -54,9 +54,13 @@ class Executor:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)
+        return self._timed(lambda: self._run_impl(feeds))
+
+    def _timed(self, call):
+        """Count and time one call of the backend, also when it raises."""
         started = time.perf_counter()
         try:
-            return self._run_impl(feeds)
+            return call()
         finally:
             self.seconds += time.perf_counter() - started
             self.calls += 1
@@ -72,3 +76,20 @@ class Executor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DeviceStates:
+    """A step graph's states kept where the graph runs (GPU memory under CUDA), for one slot scheduler.
+
+    `step(x_rows, reset)` runs one step of the B bound slots and returns (confidence [B],
+    prediction [B]) on the host; the states never come back. x_rows: {slot: row} for the slots
+    whose input changed, a full batch [B, ...] (event frames), or None (x unchanged).
+    """
+
+    batch: int
+
+    def step(self, x_rows: dict[int, np.ndarray] | np.ndarray | None, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Give the buffers back."""

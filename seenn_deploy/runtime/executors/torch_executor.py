@@ -39,7 +39,8 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
                       device: str = "cpu") -> Callable[[str], Executor]:
     """A factory role -> TorchExecutor for the bundle's step, encoder and policy graphs."""
     require("torch", "the torch backend")
-    from seenn_deploy.export.exporter import DTYPES, file_sha256
+    from seenn_deploy.export.exporter import file_sha256
+    from seenn_deploy.export.precision import for_precision
     from seenn_deploy.export.step_module import EncoderModule, StepModule
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
 
@@ -52,8 +53,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if expected and file_sha256(weights) != expected:
         raise UserError(f"{path} is not the checkpoint {bundle} was exported from (weights hash differs)")
-    dtype = DTYPES[manifest.precision]
-    model = model.to(dtype)
+    model = for_precision(model, manifest.precision)
     float_dtype = np.dtype(manifest.input.dtype)
 
     def info(name: str, shape: tuple[int, ...], dtype=float_dtype) -> TensorInfo:
@@ -66,7 +66,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
             found = load_policy(path, config)
             if found is None:
                 raise UserError(f"{path} has no policy network, but the bundle lists policy.onnx")
-            return TorchExecutor(found[0].to(dtype), [info(X, manifest.input.shape)], ["scores"], device, "policy (torch)")
+            return TorchExecutor(found[0], [info(X, manifest.input.shape)], ["scores"], device, "policy (torch)")
         step = StepModule(model, manifest.states, manifest.exit.accumulate, manifest.exit.temperature,
                           encoded=manifest.has_encoder)
         inputs = [info(X, manifest.step_input_shape), info(RESET, (), np.bool_),

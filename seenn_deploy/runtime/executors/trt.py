@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,7 +44,7 @@ import numpy as np
 from seenn_deploy.errors import MissingDependency, UserError
 from seenn_deploy.lazy import require
 from seenn_deploy.runtime.engine_meta import EngineMeta, check_engine_compat, find_engine, meta_path, read_engine_meta
-from seenn_deploy.runtime.executors.base import Executor, TensorInfo
+from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
 
 PURPOSE = "the trt backend"
@@ -142,6 +143,7 @@ class TrtExecutor(Executor):
         self.cuda_graphs = cuda_graphs
         self.graph_error: str | None = None  # why CUDA graphs were turned off, if they were
         self._seq_batch: int | None = None  # batch of the running device sequence
+        self._states_owned = False  # a TrtDeviceStates is open
         self._parity = 0
         self._shape_batch: int | None = None
         gpu_name, capability = gpu_info(self.cudart, device)
@@ -183,10 +185,10 @@ class TrtExecutor(Executor):
         infos = []
         for name in (n for n in names if is_input[n]):
             shape = tuple(engine.get_tensor_shape(name))
-            low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0))
-            if any(d < 0 for d in shape[1:]) or not shape:
+            if not shape or any(d < 0 for d in shape[1:]):
                 raise UserError(f"{self.plan}: input {name} has shape {list(shape)}; only the batch dimension may be "
                                 "dynamic: re-export the bundle and rebuild the engine")
+            low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0)) if shape[0] < 0 else (shape,) * 3
             self.min_batch = max(self.min_batch, low[0])
             self.max_batch = high[0] if self.max_batch is None else min(self.max_batch, high[0])
             self._in_rows[name] = shape[1:]
@@ -299,6 +301,21 @@ class TrtExecutor(Executor):
             return {t.name: t.view(batch).copy() for t in outputs}
 
     # -- the device-state path of the step graph -------------------------------------------
+    def open_states(self, batch: int, states=None) -> "TrtDeviceStates":
+        """The device path for one slot scheduler; the plan's state buffers serve one at a time."""
+        with self._lock:
+            if self._states_owned:
+                raise UserError(f"{self.label}: another slot scheduler holds this engine's device states; use either "
+                                "infer() or submit() on one Runtime, or open a second Runtime")
+            self._states_owned = True
+        self.bind_states(batch)
+        return TrtDeviceStates(self, batch)
+
+    def release_states(self) -> None:
+        with self._lock:
+            self._states_owned = False
+            self._end_sequence()
+
     def bind_states(self, batch: int) -> None:
         """Start a device-resident sequence of `batch` slots; states are zeroed, `reset` gives them their init."""
         with self._lock:
@@ -326,6 +343,7 @@ class TrtExecutor(Executor):
         x_rows: {slot: x row} for the slots whose input changed, a full batch [B, ...] (events), or
         None; other slots keep the x already on the device. reset [B] bool: rows to restart.
         """
+        started = time.perf_counter()
         with self._lock:
             batch = self._seq_batch
             if batch is None:
@@ -347,6 +365,7 @@ class TrtExecutor(Executor):
                 self._copy(tensor.host_ptr, tensor.device, batch * tensor.row_bytes, False)
             self.cuda("cudaStreamSynchronize", self.stream)
             self._parity ^= 1
+            self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - started
             return tuple(self._tensors[name].view(batch).copy() for name in wanted)
 
     def _write_x(self, x_rows, batch: int) -> None:
@@ -430,6 +449,21 @@ class TrtExecutor(Executor):
             if hasattr(self, "stream"):
                 rt.cudaStreamDestroy(self.stream)
             self.context = self.engine = self.runtime = None
+
+
+class TrtDeviceStates(DeviceStates):
+    """The slot scheduler's handle on the executor's ping-pong state buffers."""
+
+    def __init__(self, executor: TrtExecutor, batch: int) -> None:
+        self.executor = executor
+        self.batch = batch
+
+    def step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        confidence, prediction = self.executor.step_device(x_rows, reset)[:2]
+        return confidence, prediction
+
+    def close(self) -> None:
+        self.executor.release_states()
 
 
 def open_trt_graphs(bundle: Path, manifest: Manifest, precision: str | None = None, device: int = 0,

@@ -1,0 +1,82 @@
+"""FP16 for spiking graphs: the heavy layers in FP16, the threshold arithmetic in FP32.
+
+A spike is a threshold comparison, so rounding the membrane or the analog input flips spikes
+and, through them, predictions. Measured on the Fashion-MNIST spiking CNN (10,000 test images,
+ONNX Runtime CPU), an all-FP16 graph agreed with FP32 on 99.53-99.68 % of predictions per
+timestep (spike-flip rate 5.9e-4), most of the loss coming from the first (analog-input) layer;
+this layout agrees on 99.89-99.94 % (flip rate 3.0e-5). What is left comes from rounding the
+hidden conv's FP16 weights and outputs. The FP16 export therefore keeps in FP32:
+
+* the encoder (first conv + BN on analog input; it runs once per sample, so it costs little);
+* the membranes and every neuron's arithmetic (elementwise, cheap);
+* the classifier (the last Linear) and the exit head;
+
+and runs every other Conv2d and Linear in FP16 (their inputs are spikes, exact in FP16). The
+types are explicit Casts in the graph, which is what TensorRT's strongly typed mode follows.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from seenn_deploy.snn.model import SpikingModel
+from seenn_deploy.snn.state import SpikingSequential
+
+
+class HalfCompute(nn.Module):
+    """Runs `layer` in FP16 between FP32 tensors: x -> half -> layer -> float."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer.half()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x.half()).float()
+
+
+def _layer_lists(model: nn.Module):
+    """Every ordered list of children in which a conv and its BN can be neighbours."""
+    for module in model.modules():
+        if isinstance(module, SpikingSequential):
+            yield module.layers
+        elif isinstance(module, nn.Sequential):
+            yield module
+
+
+def fold_batchnorms(model: nn.Module) -> None:
+    """Replace each (Conv2d, BatchNorm2d) pair of neighbours by the folded conv (eval mode) and an Identity."""
+    for layers in _layer_lists(model):
+        for i in range(len(layers) - 1):
+            conv, bn = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                layers[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                layers[i + 1] = nn.Identity()
+
+
+def apply_fp16(model: SpikingModel) -> SpikingModel:
+    """In place, on an FP32 eval-mode copy: body convs and hidden Linears in FP16, the rest FP32.
+
+    Where the encoder is empty (foreign models keep their first layer in the body), the body's
+    first conv or Linear sees the analog input and stays FP32 too.
+    """
+    fold_batchnorms(model.body)
+    weighted = [m for m in model.body.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    linears = [m for m in weighted if isinstance(m, nn.Linear)]
+    keep = {id(linears[-1])} if linears else set()  # the classifier
+    if weighted and next(model.encoder.parameters(), None) is None:
+        keep.add(id(weighted[0]))  # the analog-input layer
+    for layers in _layer_lists(model.body):
+        for i, layer in enumerate(layers):
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and id(layer) not in keep:
+                layers[i] = HalfCompute(layer)
+    return model
+
+
+def for_precision(model: SpikingModel, precision: str) -> SpikingModel:
+    """An eval-mode FP32 copy of `model` laid out for `precision` ('fp32' or 'fp16'); the original is untouched."""
+    model = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
+    return apply_fp16(model) if precision == "fp16" else model
