@@ -104,9 +104,10 @@ class Scheduler:
         return {s.name: np.zeros((n, *s.shape), dtype=s.dtype) for s in self.manifest.states}
 
     def _run(self, x: np.ndarray, reset: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One step; the feeds of the first step are checked, later ones have the same layout."""
         self.steps_run += 1
         self.rows_run += len(x)
-        return self.step_executor.run({X: x, RESET: reset, **states})
+        return self.step_executor.run({X: x, RESET: reset, **states}, check=self.steps_run == 1)
 
     def _frame(self, inputs: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """The step graph's x: the static encoding, or each row's frame at its own timestep."""

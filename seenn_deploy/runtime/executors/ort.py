@@ -2,7 +2,7 @@
 
 `open_states` gives a slot scheduler `OrtDeviceStates`: the step graph's states live in OrtValues
 on the session's device (GPU memory under the CUDA provider) in two sets, and each step reads
-one set and writes the other (ping-pong), so only x rows, `reset` [B], `confidence` [B] and
+one set and writes the other (ping-pong), so only x, `reset` [B], `confidence` [B] and
 `prediction` [B] cross between host and device. The same binding code runs on the CPU provider.
 """
 
@@ -66,7 +66,6 @@ class OrtDeviceStates(DeviceStates):
         device = executor.device_type
         x_info = next(i for i in executor.inputs if i.name == X)
         self.x_host = np.zeros((batch, *x_info.shape[1:]), dtype=x_info.dtype)
-        self.x = ort.OrtValue.ortvalue_from_shape_and_type(self.x_host.shape, self.x_host.dtype, device, 0)
         self.sets = [[ort.OrtValue.ortvalue_from_shape_and_type((batch, *s.shape), np.dtype(s.dtype), device, 0)
                       for s in states] for _ in range(2)]
         for info, value in zip(states, self.sets[0]):  # fresh memory may hold NaN; reset replaces values via Where
@@ -75,18 +74,16 @@ class OrtDeviceStates(DeviceStates):
         self.binding = executor.session.io_binding()
 
     def step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if x_rows is not None:
-            if isinstance(x_rows, dict):
-                for slot, row in x_rows.items():
-                    self.x_host[slot] = row
-            else:
-                self.x_host[...] = x_rows
-            self.x.update_inplace(self.x_host)
+        if isinstance(x_rows, dict):
+            for slot, row in x_rows.items():
+                self.x_host[slot] = row
+        elif x_rows is not None:
+            self.x_host[...] = x_rows
         read, write = self.sets[self.parity], self.sets[1 - self.parity]
         binding = self.binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        binding.bind_ortvalue_input(X, self.x)
+        binding.bind_cpu_input(X, self.x_host)  # no copy on the CPU provider; one upload under CUDA
         binding.bind_cpu_input(RESET, np.ascontiguousarray(reset, dtype=np.bool_))
         for info, current, nxt in zip(self.states, read, write):
             binding.bind_ortvalue_input(info.name, current)
