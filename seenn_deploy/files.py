@@ -30,5 +30,18 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from `path`; a UserError names the file and ends with `fix` when it is not one."""
+    from seenn_deploy.errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object: {fix}")
+    return data
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))

@@ -11,14 +11,13 @@ Pure Python: reading and checking records needs neither tensorrt nor a GPU.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.files import write_json_atomic
+from seenn_deploy.files import read_json_object, write_json_atomic
 from seenn_deploy.runtime.manifest import Manifest
 
 ENGINES_DIR = "engines"
@@ -81,12 +80,7 @@ def read_engine_meta(path: Path) -> EngineMeta:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: every plan needs its record; rebuild the engine with {BUILD_HINT}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}): rebuild the engine with {BUILD_HINT}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object: rebuild the engine with {BUILD_HINT}")
+    data = read_json_object(path, f"rebuild the engine with {BUILD_HINT}")
     return EngineMeta.from_dict(data, str(path))
 
 

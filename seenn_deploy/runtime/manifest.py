@@ -6,13 +6,12 @@ calib/. Every path in the manifest is relative and stays inside the bundle.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import write_json_atomic
+from seenn_deploy.files import read_json_object, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "seenn-deploy.bundle"
@@ -164,12 +163,7 @@ def read_manifest(bundle: Path) -> Manifest:
         raise UserError(f"bundle {bundle} is not a directory: give the directory `seenn-deploy export` wrote")
     if not path.is_file():
         raise UserError(f"{bundle} holds no {MANIFEST}, so it is not a seenn-deploy bundle: export one with `seenn-deploy export`")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}): the bundle is corrupt; re-export it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object: the bundle is corrupt; re-export it")
+    data = read_json_object(path, "the bundle is corrupt; re-export it")
     manifest = Manifest.from_dict(data, str(path))
     for role, rel in manifest.graphs.items():
         if not (bundle / rel).is_file():

@@ -7,7 +7,6 @@ Pickle weights (`.pt` / `.pth`) load only when the caller allows it, with `weigh
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import write_atomic, write_json_atomic
+from seenn_deploy.files import read_json_object, write_atomic, write_json_atomic
 from seenn_deploy.lazy import require
 
 CONFIG_FILE = "config.json"
@@ -94,12 +93,7 @@ def read_config(path: Path) -> CheckpointConfig:
             f"no {CONFIG_FILE} beside {path}: a checkpoint is a directory made by `seenn-deploy train` "
             f"(or, for .pt/.pth weights, a {CONFIG_FILE} in the same folder)"
         )
-    try:
-        data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{config_path} is not valid JSON ({exc}): the checkpoint is corrupt; retrain or restore it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{config_path} is not a JSON object: the checkpoint is corrupt")
+    data = read_json_object(config_path, "the checkpoint is corrupt; retrain or restore it")
     return CheckpointConfig.from_dict(data, config_path)
 
 

@@ -7,7 +7,6 @@ and every file is replaced atomically, so an interrupted run leaves the last fin
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ import torch
 
 from seenn_deploy.data import ArrayDataset, Normalisation, parse_data_spec
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import write_atomic, write_json_atomic
+from seenn_deploy.files import read_json_object, write_atomic, write_json_atomic
 from seenn_deploy.lazy import require
 from seenn_deploy.snn.checkpoint import CheckpointConfig, save_checkpoint
 from seenn_deploy.snn.model import SpikingModel
@@ -148,10 +147,7 @@ class Trainer:
         return 0
 
     def _load_state(self, out: Path) -> int:
-        try:
-            state = json.loads((out / STATE_JSON).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{out / STATE_JSON} is corrupt ({exc}); start a new run") from None
+        state = read_json_object(out / STATE_JSON, "the training state is corrupt; start a new run")
         saved = state.get("settings", {})
         ours = self.config.settings()
         diff = [f"{k}: {saved.get(k)!r} there, {ours[k]!r} now" for k in RESUME_KEYS if saved.get(k) != ours[k]]
