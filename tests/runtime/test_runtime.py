@@ -174,3 +174,23 @@ def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
         done += scheduler.tick()
     scheduler.close()
     assert len(done) == 20 and step.calls == scheduler.steps_run
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_device_states_read_back_only_the_head(digits_bundle, digits, offline, backend):
+    """Slot mode with device states: exact results, and 8 bytes per slot per step come back (conf + pred)."""
+    from seenn_deploy.runtime.scheduler import Request, SlotScheduler
+
+    manifest = read_manifest(digits_bundle)
+    with Runtime.from_bundle(digits_bundle, backend=backend, exit=Confidence(ALPHA)) as runtime:
+        scheduler = SlotScheduler(manifest, runtime.step, Confidence(ALPHA), 16, runtime.encoder)
+        assert scheduler.device is not None
+        requests = [Request(x) for x in runtime.prepare(digits.x)]
+        scheduler.add(requests)
+        answers = {}
+        while not scheduler.idle:
+            answers.update({id(r): o for r, o in scheduler.tick()})
+        device = scheduler.device
+        scheduler.close()
+    assert [answers[id(r)].timesteps for r in requests] == offline[0].tolist()
+    assert device.bytes_to_host == scheduler.steps_run * 16 * 8

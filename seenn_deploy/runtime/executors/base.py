@@ -90,6 +90,8 @@ class DeviceStates:
     """
 
     batch: int
+    bytes_to_device: int = 0  # host -> device over all steps (x rows, reset)
+    bytes_to_host: int = 0  # device -> host over all steps (confidence, prediction)
 
     def step(self, x_rows: dict[int, np.ndarray] | np.ndarray | None, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

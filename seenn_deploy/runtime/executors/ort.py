@@ -92,8 +92,10 @@ class OrtDeviceStates(DeviceStates):
         binding.bind_output(PREDICTION, "cpu")
         self.executor.run_bound(binding)
         self.parity = 1 - self.parity
-        confidence, prediction = binding.get_outputs()[-2:]
-        return confidence.numpy(), prediction.numpy()
+        confidence, prediction = (v.numpy() for v in binding.get_outputs()[-2:])
+        self.bytes_to_device += self.x_host.nbytes + reset.size if self.executor.device_type != "cpu" else 0
+        self.bytes_to_host += confidence.nbytes + prediction.nbytes
+        return confidence, prediction
 
     def close(self) -> None:
         self.sets = []
