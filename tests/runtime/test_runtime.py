@@ -194,3 +194,27 @@ def test_device_states_read_back_only_the_head(digits_bundle, digits, offline, b
         scheduler.close()
     assert [answers[id(r)].timesteps for r in requests] == offline[0].tolist()
     assert device.bytes_to_host == scheduler.steps_run * 16 * 8
+
+
+def test_policy_exit_runs_each_sample_for_the_candidate_its_policy_picks(digits_checkpoint, digits, tmp_path):
+    import torch
+
+    from seenn_deploy.export.exporter import export_checkpoint
+    from seenn_deploy.runtime.executors.ort import OrtExecutor
+    from seenn_deploy.snn.checkpoint import load_checkpoint, save_checkpoint
+    from seenn_deploy.snn.zoo import create_model
+
+    model, config = load_checkpoint(digits_checkpoint)
+    torch.manual_seed(0)
+    policy = create_model("policy_resnet8", num_classes=3, in_channels=1, image_size=8).eval()
+    config.policy = {"arch": "policy_resnet8", "model": {"num_classes": 3, "in_channels": 1, "image_size": 8},
+                     "candidates": [1, 2, 4]}
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(tmp_path / "ckpt", model, config, policy=policy)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "b")
+    with Runtime.from_bundle(tmp_path / "b", exit="policy", mode="slots", batch=16) as runtime:
+        results = runtime.infer(digits.x)
+        scores = OrtExecutor(tmp_path / "b" / "policy.onnx").run({"x": runtime.prepare(digits.x)})["scores"]
+    expected = np.array([1, 2, 4])[scores.argmax(1)]
+    assert len(set(expected.tolist())) > 1  # the policy picks different T for different samples
+    assert [r.timesteps for r in results] == expected.tolist()
