@@ -44,7 +44,8 @@ def measure(bundle: Path, x: np.ndarray, device: str, batch: int, graphs: bool, 
                              device=device, cuda_graphs=graphs) as runtime:
         prepared = runtime.prepare(x)
         for rounds in (1, 2):  # the first round warms up (and captures the graph)
-            scheduler = SlotScheduler(runtime.manifest, runtime.step, runtime.exit, batch, runtime.encoder)
+            scheduler = SlotScheduler(runtime.manifest, runtime.step, runtime.exit, batch, runtime.encoder,
+                                      device_states=True)
             scheduler.add([Request(s) for s in prepared])
             calls, seconds = runtime.step.calls, runtime.step.seconds
             started = time.perf_counter()

@@ -34,7 +34,7 @@ class Runtime:
     """Early-exit inference over a bundle. Use as a context manager, or call close()."""
 
     def __init__(self, manifest: Manifest, step: Executor, encoder: Executor | None, exit_policy: ExitPolicy,
-                 mode: str = "slots", batch: int = 1, policy: Executor | None = None, device_states: bool = True) -> None:
+                 mode: str = "slots", batch: int = 1, policy: Executor | None = None, device_states: bool | None = None) -> None:
         self.manifest = manifest
         self.step = step
         self.encoder = encoder
@@ -52,11 +52,12 @@ class Runtime:
     @classmethod
     def from_bundle(cls, path: Path | str, backend: str = "ort", exit: str | ExitPolicy | None = None,
                     mode: str = "slots", batch: int = 1, providers: Sequence[str] | None = None,
-                    threads: int | None = None, device_states: bool = True, **backend_options) -> "Runtime":
+                    threads: int | None = None, device_states: bool | None = None, **backend_options) -> "Runtime":
         """Open a bundle. backend 'ort' (providers, threads), 'torch' (device=, checkpoint=) or 'trt'.
 
-        device_states: in slot mode, keep the states where the graph runs (ORT I/O binding,
-        TensorRT buffers) instead of passing them through the host every step.
+        device_states: in slot mode, keep the states where the graph runs (ORT I/O binding, torch
+        tensors, TensorRT buffers) instead of passing them through the host every step. None
+        (the default) does so when the graph runs on a GPU; on the CPU the host path is faster.
         """
         bundle = Path(path)
         manifest = read_manifest(bundle)

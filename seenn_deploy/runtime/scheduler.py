@@ -65,6 +65,8 @@ class Scheduler:
         self.pending: deque[Request] = deque()
         self.steps_run = 0  # step calls, for statistics
         self.rows_run = 0  # rows computed over all step calls (occupied or not)
+        self.admissions = 0
+        self._placeholders: dict[int, dict[str, np.ndarray]] = {}
 
     # -- queue -----------------------------------------------------------------------------
     def add(self, requests: list[Request]) -> None:
@@ -92,16 +94,19 @@ class Scheduler:
     def _admit(self, requests: list[Request]) -> tuple[np.ndarray, np.ndarray] | list[Outcome]:
         """(step inputs [n, ...], or all T_max frames [n, T, ...] for events; budgets [n]), or failures if admission raises."""
         xs = np.stack([r.x for r in requests])
+        self.admissions += 1
         try:
             budgets = self.exit.budgets(xs, self.manifest.timesteps)
-            inputs = self.encoder.run({X: xs})["encoded"] if self.encoder is not None else xs
+            inputs = self.encoder.run({X: xs}, check=self.admissions == 1)["encoded"] if self.encoder is not None else xs
         except Exception as exc:  # a failing policy or encoder fails these requests only
             return [(r, exc) for r in requests]
         return inputs, budgets
 
     def _fresh_states(self, n: int) -> dict[str, np.ndarray]:
-        """Placeholder rows; `reset` makes the graph replace them with the initial values."""
-        return {s.name: np.zeros((n, *s.shape), dtype=s.dtype) for s in self.manifest.states}
+        """Placeholder rows (shared, never written); `reset` makes the graph replace them with the initial values."""
+        if n not in self._placeholders:
+            self._placeholders[n] = {s.name: np.zeros((n, *s.shape), dtype=s.dtype) for s in self.manifest.states}
+        return self._placeholders[n]
 
     def _run(self, x: np.ndarray, reset: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step; the feeds of the first step are checked, later ones have the same layout."""
@@ -129,14 +134,18 @@ class SlotScheduler(Scheduler):
     With an executor that can keep states on its device (`open_states`: ORT I/O binding,
     TensorRT ping-pong buffers), states never leave it: each step sends the new x rows and
     `reset` [B] and reads back `confidence` and `prediction` [B]. `device_states=False` keeps
-    them on the host, fed back through `run`.
+    them on the host, fed back through `run`; None (the default) uses the device path when the
+    executor runs on a GPU (`on_device`), where it saves copies, and not on the CPU, where binding
+    costs more than it saves.
     """
 
-    def __init__(self, *args, device_states: bool = True, **kwargs) -> None:
+    def __init__(self, *args, device_states: bool | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         b = self.batch
-        opener = getattr(self.step_executor, "open_states", None) if device_states else None
-        self.device = opener(b, self.manifest.states) if opener is not None else None
+        opener = getattr(self.step_executor, "open_states", None)
+        if device_states is None:
+            device_states = bool(getattr(self.step_executor, "on_device", False))
+        self.device = opener(b, self.manifest.states) if opener is not None and device_states else None
         self.rows: list[Request | None] = [None] * b
         shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
         dtype = np.dtype(self.manifest.input.dtype)
@@ -266,7 +275,9 @@ class CompactScheduler(Scheduler):
         done = self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
         for row in np.flatnonzero(done):
             outcomes.append(self._result(self.rows[row], out[PREDICTION][row], out[CONFIDENCE][row], self.steps[row]))
-        if done.any():
+        if done.all():
+            self._clear()
+        elif done.any():
             keep = ~done
             self.rows = [r for r, k in zip(self.rows, keep) if k]
             self.inputs = self.inputs[keep]
@@ -308,7 +319,7 @@ class NaiveScheduler(CompactScheduler):
 SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": CompactScheduler, "naive": NaiveScheduler}
 
 
-def make_scheduler(mode: str, *args, device_states: bool = True, **kwargs) -> Scheduler:
+def make_scheduler(mode: str, *args, device_states: bool | None = None, **kwargs) -> Scheduler:
     """The scheduler for `mode`; `device_states` applies to slot mode (the others reshape states on the host)."""
     if mode not in SCHEDULERS:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")

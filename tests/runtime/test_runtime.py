@@ -165,7 +165,7 @@ def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
 
     manifest = read_manifest(digits_bundle)
     step, encoder = open_bundle_graphs(digits_bundle, manifest)
-    scheduler = SlotScheduler(manifest, step, Confidence(ALPHA), 8, encoder)
+    scheduler = SlotScheduler(manifest, step, Confidence(ALPHA), 8, encoder, device_states=True)
     assert scheduler.device is not None and scheduler.states == {}
     step.run = None  # the host path would call it
     scheduler.add([Request(x) for x in digits.x[:20]])
@@ -183,7 +183,7 @@ def test_device_states_read_back_only_the_head(digits_bundle, digits, offline, b
 
     manifest = read_manifest(digits_bundle)
     with Runtime.from_bundle(digits_bundle, backend=backend, exit=Confidence(ALPHA)) as runtime:
-        scheduler = SlotScheduler(manifest, runtime.step, Confidence(ALPHA), 16, runtime.encoder)
+        scheduler = SlotScheduler(manifest, runtime.step, Confidence(ALPHA), 16, runtime.encoder, device_states=True)
         assert scheduler.device is not None
         requests = [Request(x) for x in runtime.prepare(digits.x)]
         scheduler.add(requests)

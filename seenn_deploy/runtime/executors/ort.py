@@ -43,6 +43,7 @@ class OrtExecutor(Executor):
         super().__init__(inputs, outputs, label or (Path(path).name if not isinstance(path, bytes) else "graph"))
         provider = self.session.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self.on_device = self.device_type != "cpu"
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))

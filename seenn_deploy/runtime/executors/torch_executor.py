@@ -31,6 +31,7 @@ class TorchExecutor(Executor):
         self.device = self.torch.device(device)
         self.module = module.to(self.device).eval()
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.on_device = self.device.type != "cpu"
         super().__init__(inputs, outputs, label)
 
     def open_states(self, batch: int, states: list[StateInfo]) -> "TorchDeviceStates":

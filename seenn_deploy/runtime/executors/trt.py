@@ -144,6 +144,7 @@ class TrtExecutor(Executor):
         self.graph_error: str | None = None  # why CUDA graphs were turned off, if they were
         self._seq_batch: int | None = None  # batch of the running device sequence
         self._states_owned = False  # a TrtDeviceStates is open
+        self.on_device = True
         self._parity = 0
         self._shape_batch: int | None = None
         gpu_name, capability = gpu_info(self.cudart, device)
