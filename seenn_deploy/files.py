@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from seenn_deploy.errors import UserError
+
 
 def umask_mode(base: int) -> int:
     """`base` (0o666 files, 0o777 folders) less the process umask, as open() and mkdir() would give."""
@@ -32,8 +34,6 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def read_json_object(path: Path, fix: str) -> dict[str, Any]:
     """A JSON object from `path`; a UserError names the file and ends with `fix` when it is not one."""
-    from seenn_deploy.errors import UserError
-
     try:
         data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
