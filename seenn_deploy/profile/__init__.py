@@ -1,0 +1,1 @@
+"""Benchmark harness pieces: latency statistics, power samplers, energy model."""
