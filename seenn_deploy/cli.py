@@ -370,6 +370,62 @@ def calibrate_cmd(bundle, data_spec, split, samples, target_drop, target_timeste
     emit_json(json_path, report.to_dict())
 
 
+@cli.command("bench")
+@click.option("--engine", "engine", type=click.Path(path_type=Path), required=True,
+              help="The bundle directory to measure.")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
+@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy")
+@click.option("--data", "data_spec", default=None, metavar="SPEC", help="Real samples (test split); else --synthetic.")
+@click.option("--synthetic", is_flag=True, help="Uniform random inputs of the bundle's shape.")
+@click.option("--samples", type=int, default=None, help="Use the first N samples (synthetic default 2048).")
+@click.option("--warmup-ms", type=float, default=200.0, show_default=True)
+@click.option("--duration-s", type=float, default=3.0, show_default=True)
+@click.option("--iterations", type=int, default=None, help="Passes over the data (instead of --duration-s).")
+@click.option("--percentiles", default="50,90,95,99", show_default=True)
+@click.option("--compare", type=click.Choice(["fixed"]), default=None, help="Also run Fixed(T_max) on the same data.")
+@click.option("--power", type=click.Choice(["auto", "nvml", "tegrastats", "none"]), default="auto", show_default=True)
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write latency.png, exits.png, power plots and summary.md here.")
+@json_option
+def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, samples, warmup_ms, duration_s, iterations,
+              percentiles, compare, power, plot_dir, json_path) -> None:
+    """Latency, throughput, early-exit speedup and energy of a bundle on this machine."""
+    from seenn_deploy.profile.bench import BenchSettings, run_bench, write_plots
+    from seenn_deploy.profile.latency import parse_percentiles
+    from seenn_deploy.runtime.manifest import read_manifest
+
+    if engine.is_file():
+        raise UserError(f"{engine} is a file: bench takes the bundle directory (plans and lone ONNX graphs come later)")
+    manifest = read_manifest(engine)
+    if (data_spec is None) == (not synthetic):
+        raise UserError("give one of --data SPEC or --synthetic")
+    try:
+        pcts = parse_percentiles(percentiles)
+    except ValueError as exc:
+        raise UserError(f"--percentiles: {exc}") from None
+    if synthetic:
+        n = samples or 2048
+        x = np.random.default_rng(0).uniform(0, 1, (n, *manifest.input.shape)).astype(np.float32)
+        labels, name = None, f"synthetic uniform [0, 1], {n} samples"
+    else:
+        from seenn_deploy.data import parse_data_spec
+
+        data = parse_data_spec(data_spec).load("test")
+        data = data.subset(samples) if samples else data
+        x, labels, name = data.x, data.y, data.name
+    settings = BenchSettings(backend=backend, batch=batch, mode=mode, exit=exit_spec, warmup_s=warmup_ms / 1000,
+                             duration_s=duration_s, iterations=iterations, percentiles=pcts,
+                             compare_fixed=compare == "fixed", power=power)
+    report = run_bench(engine, x, labels, name, settings)
+    click.echo(report.text())
+    if plot_dir is not None:
+        for path in write_plots(plot_dir, report):
+            click.echo(f"wrote {path}")
+    emit_json(json_path, report.to_dict())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit code 2."""
     try:

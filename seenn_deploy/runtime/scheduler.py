@@ -34,16 +34,18 @@ class Request:
     x: np.ndarray
     submitted: float = field(default_factory=time.perf_counter)
     future: Future | None = None
+    admitted: float = 0.0  # when it took a batch row
 
 
 @dataclass(frozen=True)
 class Result:
-    """prediction, its confidence, timesteps used, and seconds from submission to answer."""
+    """prediction, its confidence, timesteps used; seconds from submission (latency) and from admission (service) to answer."""
 
     prediction: int
     confidence: float
     timesteps: int
     latency: float
+    service: float = 0.0
 
 
 Outcome = tuple[Request, "Result | BaseException"]
@@ -94,6 +96,9 @@ class Scheduler:
     def _admit(self, requests: list[Request]) -> tuple[np.ndarray, np.ndarray] | list[Outcome]:
         """(step inputs [n, ...], or all T_max frames [n, T, ...] for events; budgets [n]), or failures if admission raises."""
         xs = np.stack([r.x for r in requests])
+        now = time.perf_counter()
+        for r in requests:
+            r.admitted = now
         self.admissions += 1
         try:
             budgets = self.exit.budgets(xs, self.manifest.timesteps)
@@ -125,7 +130,9 @@ class Scheduler:
 
     @staticmethod
     def _result(request: Request, prediction, confidence, steps) -> Outcome:
-        return request, Result(int(prediction), float(confidence), int(steps), time.perf_counter() - request.submitted)
+        now = time.perf_counter()
+        return request, Result(int(prediction), float(confidence), int(steps), now - request.submitted,
+                               now - request.admitted)
 
 
 class SlotScheduler(Scheduler):

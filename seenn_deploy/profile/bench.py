@@ -1,0 +1,295 @@
+"""`bench`: latency, throughput, early-exit gain and energy of a bundle on this machine.
+
+Every figure comes from one process and one data set: the exit policy under test and, with
+`compare_fixed`, Fixed(T_max) on the same samples, so the speedup and its share of the ideal
+T_max / avg T are measured, not assumed. Per-sample latency is the service time, from the step
+that admits a sample to the step it exits in (queueing excluded); per-step times come from the
+step executor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from seenn_deploy.errors import UserError
+from seenn_deploy.profile.latency import DEFAULT_PERCENTILES, LatencyStats
+from seenn_deploy.runtime.api import Runtime
+from seenn_deploy.runtime.exit import Fixed
+
+POWER = ("auto", "nvml", "tegrastats", "none")
+
+
+@dataclass
+class BenchSettings:
+    backend: str = "ort"
+    batch: int = 64
+    mode: str = "slots"
+    exit: str | None = None
+    warmup_s: float = 0.2
+    duration_s: float = 3.0
+    iterations: int | None = None  # passes over the data; overrides duration_s
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES
+    compare_fixed: bool = False
+    power: str = "auto"
+
+    def check(self) -> None:
+        if self.power not in POWER:
+            raise UserError(f"--power {self.power!r} is not one of {', '.join(POWER)}")
+        if self.duration_s <= 0 or self.warmup_s < 0 or (self.iterations is not None and self.iterations < 1):
+            raise UserError("--duration-s must be > 0, --warmup-ms >= 0 and --iterations >= 1")
+
+
+@dataclass
+class Measurement:
+    exit: str
+    samples: int
+    passes: int
+    seconds: float
+    throughput: float  # samples / s
+    avg_timesteps: float
+    exit_histogram: list[int]
+    accuracy: float | None
+    latency: dict  # LatencyStats.to_dict(), per sample service time
+    latency_histogram: dict  # {"edges_ms": [...], "counts": [...]}
+    steps: int
+    step_ms: float  # mean step-executor time per step
+    encoder_ms_per_sample: float  # encoder (and policy) time, once per sample
+    host_ms_per_step: float  # wall time per step outside the executors
+    power: dict | None = None
+
+
+@dataclass
+class BenchReport:
+    bundle: str
+    backend: str
+    mode: str
+    batch: int
+    data: str
+    t_max: int
+    runs: list[Measurement]
+    speedup: float | None = None
+    ideal_speedup: float | None = None
+    share_of_ideal: float | None = None
+    energy_estimate: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [f"{self.bundle}: {self.backend}, {self.mode} mode, batch {self.batch}, {self.data}"]
+        for run in self.runs:
+            lines += [f"=== {run.exit} ===",
+                      f"Throughput: {run.throughput:,.1f} samples/s ({run.samples} samples in {run.seconds:.3f} s, "
+                      f"{run.passes} passes)",
+                      "Latency (per sample, admission to exit): " + ", ".join(
+                          f"{k[:-3]} = {v:.4g} ms" for k, v in run.latency.items() if k.endswith("_ms")),
+                      f"Steps: {run.steps}, compute {run.step_ms:.4g} ms/step, host {run.host_ms_per_step:.4g} ms/step, "
+                      f"encoder {run.encoder_ms_per_sample:.4g} ms/sample",
+                      f"Average timesteps: {run.avg_timesteps:.3f}  exits per t: {run.exit_histogram}"]
+            if run.accuracy is not None:
+                lines.append(f"Accuracy: {100 * run.accuracy:.2f}%")
+            if run.power:
+                lines.append(f"Energy ({run.power['source']}): {run.power['energy_mj']:.1f} mJ, "
+                             f"{run.power['energy_mj'] / run.samples:.4g} mJ per sample")
+        if self.speedup is not None:
+            lines.append(f"Speedup over Fixed({self.t_max}): {self.speedup:.2f}x of ideal {self.ideal_speedup:.2f}x "
+                         f"({100 * self.share_of_ideal:.1f}% of ideal)")
+        if self.energy_estimate:
+            lines.append(f"Estimated energy (4.6 pJ/MAC, 0.9 pJ/SOP): {self.energy_estimate['total_uj_per_sample']:.4f} uJ "
+                         f"per sample at {self.energy_estimate['avg_timesteps']:.3f} timesteps")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        rows = ["| exit | samples/s | mean ms | p99 ms | avg T | accuracy | ms/step | mJ/sample |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in self.runs:
+            acc = "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
+            energy = "" if not r.power else f"{r.power['energy_mj'] / r.samples:.4g}"
+            rows.append(f"| {r.exit} | {r.throughput:,.0f} | {r.latency['mean_ms']:.3f} | {r.latency.get('p99_ms', float('nan')):.3f} "
+                        f"| {r.avg_timesteps:.3f} | {acc} | {r.step_ms:.3f} | {energy} |")
+        head = f"# seenn-deploy bench: {self.bundle}\n\n{self.backend}, {self.mode} mode, batch {self.batch}, {self.data}\n\n"
+        tail = ""
+        if self.speedup is not None:
+            tail += f"\nSpeedup over Fixed({self.t_max}): **{self.speedup:.2f}x** ({100 * self.share_of_ideal:.1f}% of the ideal {self.ideal_speedup:.2f}x)\n"
+        if self.energy_estimate:
+            tail += f"\nEstimated energy: {self.energy_estimate['total_uj_per_sample']:.4f} uJ per sample\n"
+        return head + "\n".join(rows) + "\n" + tail
+
+
+def open_power(kind: str):
+    """A sampler with start()/stop() -> dict, or None. 'auto': tegrastats on a Jetson, NVML where it works, else none."""
+    if kind == "none":
+        return None
+    if kind == "tegrastats" or (kind == "auto" and shutil.which("tegrastats")):
+        from seenn_deploy.profile.tegrastats import TegrastatsSampler
+
+        return _TegraPower(TegrastatsSampler())
+    if kind == "nvml":
+        from seenn_deploy.profile.nvml import NvmlSampler
+
+        return NvmlSampler()
+    try:  # auto: NVML only when it loads and sees a GPU
+        from seenn_deploy.profile.nvml import NvmlSampler
+
+        return NvmlSampler()
+    except UserError:
+        return None
+
+
+class _TegraPower:
+    """Adapts TegrastatsSampler to start()/stop() -> {source, energy_mj, ...}."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+
+    def start(self):
+        self.sampler.start()
+        return self
+
+    def stop(self) -> dict:
+        self.sampler.stop()
+        summary = self.sampler.summary()
+        return {"source": f"tegrastats ({summary['total_rail']})", "energy_mj": float(summary["total_energy_mj"] or 0.0),
+                "summary": summary}
+
+
+def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings: BenchSettings, power) -> Measurement:
+    """Warm up, then run passes over x until the duration (or the iteration count) is reached."""
+    warm_until = time.perf_counter() + settings.warmup_s
+    while time.perf_counter() < warm_until:
+        runtime.infer(x[: max(settings.batch * 4, 1)])
+    calls, step_seconds = runtime.step.calls, runtime.step.seconds
+    once = [e for e in (runtime.encoder, runtime.policy) if e is not None]
+    once_seconds = sum(e.seconds for e in once)
+    results = []
+    passes = 0
+    if power is not None:
+        power.start()
+    started = time.perf_counter()
+    while True:
+        results += runtime.infer(x)
+        passes += 1
+        elapsed = time.perf_counter() - started
+        if (settings.iterations is not None and passes >= settings.iterations) or (
+                settings.iterations is None and elapsed >= settings.duration_s):
+            break
+    power_report = power.stop() if power is not None else None
+    steps = runtime.step.calls - calls
+    step_s = runtime.step.seconds - step_seconds
+    once_s = sum(e.seconds for e in once) - once_seconds
+    timesteps = np.array([r.timesteps for r in results])
+    accuracy = None
+    if labels is not None:
+        accuracy = float(np.mean(np.array([r.prediction for r in results]) == np.tile(labels, passes)))
+    service_ms = np.array([r.service for r in results]) * 1e3
+    stats = LatencyStats.from_samples(service_ms / 1e3, settings.percentiles)
+    counts, edges = np.histogram(service_ms, bins=40)
+    return Measurement(
+        exit=runtime.exit.describe(), samples=len(results), passes=passes, seconds=elapsed,
+        throughput=len(results) / elapsed, avg_timesteps=float(timesteps.mean()),
+        exit_histogram=np.bincount(timesteps, minlength=runtime.manifest.timesteps + 1)[1:].tolist(),
+        accuracy=accuracy, latency=stats.to_dict(),
+        latency_histogram={"edges_ms": edges.tolist(), "counts": counts.tolist()}, steps=steps,
+        step_ms=1e3 * step_s / max(steps, 1), encoder_ms_per_sample=1e3 * once_s / len(results),
+        host_ms_per_step=1e3 * (elapsed - step_s - once_s) / max(steps, 1), power=power_report,
+    )
+
+
+def estimate_for(bundle: Path, runtime: Runtime, x: np.ndarray, avg_timesteps: float) -> tuple[dict | None, str | None]:
+    """The field's energy estimate from the source checkpoint, or why there is none."""
+    try:
+        import torch
+
+        from seenn_deploy.profile.energy import estimate_energy
+        from seenn_deploy.snn.checkpoint import load_checkpoint
+    except ImportError:
+        return None, "estimated energy needs the torch extra"
+    checkpoint = runtime.manifest.provenance.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).exists():
+        return None, "estimated energy needs the source checkpoint, which the bundle does not point to here"
+    model, _ = load_checkpoint(Path(checkpoint))
+    sample = torch.from_numpy(runtime.prepare(x[:512]))
+    estimate = estimate_energy(model, sample, runtime.manifest.timesteps, avg_timesteps,
+                               encoder_runs_once=runtime.manifest.has_encoder)
+    return estimate.to_dict(), None
+
+
+def run_bench(bundle: Path, x: np.ndarray, labels: np.ndarray | None, data_name: str, settings: BenchSettings,
+              **backend_options) -> BenchReport:
+    settings.check()
+    with Runtime.from_bundle(bundle, backend=settings.backend, exit=settings.exit, mode=settings.mode,
+                             batch=settings.batch, **backend_options) as runtime:
+        runtime.prepare(x[:1])
+        report = BenchReport(str(bundle), settings.backend, settings.mode, settings.batch, data_name,
+                             runtime.manifest.timesteps, [])
+        power = open_power(settings.power)
+        if settings.power == "auto" and power is None:
+            report.notes.append("no power sampler on this machine (no tegrastats, no NVML GPU): measured energy is absent")
+        report.runs.append(measure(runtime, x, labels, settings, power))
+        if settings.compare_fixed:
+            runtime.exit = Fixed(runtime.manifest.timesteps)
+            report.runs.append(measure(runtime, x, labels, settings, power))
+            early, fixed = report.runs
+            report.speedup = early.throughput / fixed.throughput
+            report.ideal_speedup = runtime.manifest.timesteps / early.avg_timesteps
+            report.share_of_ideal = report.speedup / report.ideal_speedup
+        report.energy_estimate, why = estimate_for(bundle, runtime, x, report.runs[0].avg_timesteps)
+        if why:
+            report.notes.append(why)
+    return report
+
+
+def write_plots(folder: Path, report: BenchReport) -> list[Path]:
+    """latency.png, exits.png, power_*.png when power was sampled, and summary.md, in `folder`."""
+    from seenn_deploy.calib.plots import _pyplot
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for run in report.runs:
+        hist = run.latency_histogram
+        ax.stairs(hist["counts"], hist["edges_ms"], label=run.exit)
+    ax.set_xlabel("latency per sample, admission to exit (ms)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "latency.png")
+    plt.close(fig)
+    made.append(folder / "latency.png")
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    width = 0.8 / len(report.runs)
+    for i, run in enumerate(report.runs):
+        t = np.arange(1, len(run.exit_histogram) + 1)
+        ax.bar(t + i * width - 0.4 + width / 2, run.exit_histogram, width=width, label=run.exit)
+    ax.set_xlabel("exit timestep")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "exits.png")
+    plt.close(fig)
+    made.append(folder / "exits.png")
+    for run in report.runs:
+        trace = (run.power or {}).get("trace")
+        if trace:
+            fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+            ax.plot([p["t"] for p in trace], [p["mw"] / 1000 for p in trace])
+            ax.set_xlabel("s")
+            ax.set_ylabel("W")
+            ax.set_title(f"power, {run.exit}")
+            fig.tight_layout()
+            name = f"power_{run.exit.replace(':', '_')}.png"
+            fig.savefig(folder / name)
+            plt.close(fig)
+            made.append(folder / name)
+    (folder / "summary.md").write_text(report.markdown())
+    made.append(folder / "summary.md")
+    return made
