@@ -377,7 +377,8 @@ def calibrate_cmd(bundle, data_spec, split, samples, target_drop, target_timeste
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
 @click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy")
-@click.option("--data", "data_spec", default=None, metavar="SPEC", help="Real samples (test split); else --synthetic.")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Samples (test split). Default: the data the bundle's checkpoint was trained on, else --synthetic.")
 @click.option("--synthetic", is_flag=True, help="Uniform random inputs of the bundle's shape.")
 @click.option("--samples", type=int, default=None, help="Use the first N samples (synthetic default 2048).")
 @click.option("--warmup-ms", type=float, default=200.0, show_default=True)
@@ -399,8 +400,12 @@ def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, sam
     if engine.is_file():
         raise UserError(f"{engine} is a file: bench takes the bundle directory (plans and lone ONNX graphs come later)")
     manifest = read_manifest(engine)
-    if (data_spec is None) == (not synthetic):
+    if data_spec is not None and synthetic:
         raise UserError("give one of --data SPEC or --synthetic")
+    if data_spec is None and not synthetic:
+        data_spec = manifest.provenance.get("data") or None
+        synthetic = data_spec is None
+        click.echo(f"data: {data_spec or 'synthetic'} (the bundle's training data; --data to choose)", err=True)
     try:
         pcts = parse_percentiles(percentiles)
     except ValueError as exc:

@@ -39,3 +39,10 @@ def test_bench_refuses_bad_input(digits_bundle, tmp_path):
     assert "bundle directory" in cli("bench", "--engine", plan, "--synthetic").stderr
     bad = cli("bench", "--engine", digits_bundle, "--synthetic", "--percentiles", "50,101")
     assert bad.returncode == 2 and "outside 0..100" in bad.stderr
+
+
+def test_bench_defaults_to_the_bundles_training_data(digits_bundle, tmp_path):
+    result = cli("bench", "--engine", digits_bundle, "--iterations", "1", "--warmup-ms", "0", "--power", "none",
+                 "--json", tmp_path / "b.json")
+    assert result.returncode == 0, result.stderr
+    assert "digits" in result.stderr and json.loads((tmp_path / "b.json").read_text())["data"] == "digits (test)"
