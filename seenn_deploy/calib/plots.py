@@ -7,20 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from seenn_deploy.calib.sweep import Sweep, SweepPoint, exit_shares
-from seenn_deploy.lazy import require
-
-
-def _pyplot():
-    matplotlib = require("matplotlib", "calibration plots")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from seenn_deploy.plotting import pyplot, save
 
 
 def plot_curve(path: Path, sweep: Sweep, fixed: list[dict], aet: float, chosen: SweepPoint | None, title: str) -> None:
     """Accuracy against average timesteps: the SEENN-I curve, Fixed(T) points, AET and the chosen alpha."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     front = sweep.pareto()
     order = np.argsort(sweep.avg_timesteps, kind="stable")
@@ -38,14 +30,12 @@ def plot_curve(path: Path, sweep: Sweep, fixed: list[dict], aet: float, chosen: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_exit_composition(path: Path, scores: np.ndarray, alphas: np.ndarray, title: str) -> None:
     """Share of samples exiting at each timestep, as alpha goes from 0 to 1."""
-    plt = _pyplot()
+    plt = pyplot()
     shares = np.array([exit_shares(scores, a) for a in alphas])  # [A, T]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.stackplot(alphas, 100 * shares.T, labels=[f"t={t + 1}" for t in range(scores.shape[0])], alpha=0.85)
@@ -55,14 +45,12 @@ def plot_exit_composition(path: Path, scores: np.ndarray, alphas: np.ndarray, ti
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_score_distributions(path: Path, scores: np.ndarray, correct: np.ndarray | None, metric: str) -> None:
     """Histogram of the exit score at each timestep, split by correct and wrong predictions where labels exist."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = scores.shape[0]
     fig, axes = plt.subplots(1, steps, figsize=(3.0 * steps, 3.0), dpi=110, sharey=True)
     axes = np.atleast_1d(axes)
@@ -79,6 +67,4 @@ def plot_score_distributions(path: Path, scores: np.ndarray, correct: np.ndarray
     axes[0].set_ylabel("samples")
     if correct is not None:
         axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)

@@ -249,9 +249,9 @@ def run_bench(bundle: Path, x: np.ndarray, labels: np.ndarray | None, data_name:
 
 def write_plots(folder: Path, report: BenchReport) -> list[Path]:
     """latency.png, exits.png, power_*.png when power was sampled, and summary.md, in `folder`."""
-    from seenn_deploy.calib.plots import _pyplot
+    from seenn_deploy.plotting import pyplot, save
 
-    plt = _pyplot()
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
@@ -261,10 +261,7 @@ def write_plots(folder: Path, report: BenchReport) -> list[Path]:
     ax.set_xlabel("latency per sample, admission to exit (ms)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "latency.png")
-    plt.close(fig)
-    made.append(folder / "latency.png")
+    made.append(save(fig, folder / "latency.png"))
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     width = 0.8 / len(report.runs)
     for i, run in enumerate(report.runs):
@@ -273,10 +270,7 @@ def write_plots(folder: Path, report: BenchReport) -> list[Path]:
     ax.set_xlabel("exit timestep")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "exits.png")
-    plt.close(fig)
-    made.append(folder / "exits.png")
+    made.append(save(fig, folder / "exits.png"))
     for run in report.runs:
         trace = (run.power or {}).get("trace")
         if trace:
@@ -285,11 +279,7 @@ def write_plots(folder: Path, report: BenchReport) -> list[Path]:
             ax.set_xlabel("s")
             ax.set_ylabel("W")
             ax.set_title(f"power, {run.exit}")
-            fig.tight_layout()
-            name = f"power_{run.exit.replace(':', '_')}.png"
-            fig.savefig(folder / name)
-            plt.close(fig)
-            made.append(folder / name)
+            made.append(save(fig, folder / f"power_{run.exit.replace(':', '_')}.png"))
     (folder / "summary.md").write_text(report.markdown())
     made.append(folder / "summary.md")
     return made

@@ -66,7 +66,6 @@ class Scheduler:
         self.event = manifest.input.kind == "event"
         self.pending: deque[Request] = deque()
         self.steps_run = 0  # step calls, for statistics
-        self.rows_run = 0  # rows computed over all step calls (occupied or not)
         self.admissions = 0
         self._placeholders: dict[int, dict[str, np.ndarray]] = {}
 
@@ -116,7 +115,6 @@ class Scheduler:
     def _run(self, x: np.ndarray, reset: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step; the feeds of the first step are checked, later ones have the same layout."""
         self.steps_run += 1
-        self.rows_run += len(x)
         return self.step_executor.run({X: x, RESET: reset, **states}, check=self.steps_run == 1)
 
     def _frame(self, inputs: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -156,9 +154,12 @@ class SlotScheduler(Scheduler):
         self.rows: list[Request | None] = [None] * b
         shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
         dtype = np.dtype(self.manifest.input.dtype)
-        self.inputs = np.zeros((b, *shape), dtype=dtype)
+        # Host copies of the slots' inputs: all of them on the host path and for events (a frame per
+        # step); on the device path a static input goes to the device once, from `written`.
+        keep_inputs = self.device is None or self.event
+        self.inputs = np.zeros((b, *shape), dtype=dtype) if keep_inputs else None
         self.states = self._fresh_states(b) if self.device is None else {}
-        self.written: dict[int, np.ndarray] = {}  # slot -> new x row, for the device path
+        self.written: dict[int, np.ndarray] = {}  # slot -> new x row, static inputs on the device path
         self.steps = np.zeros(b, dtype=np.int64)
         self.budget = np.ones(b, dtype=np.int64)
         self.reset = np.ones(b, dtype=np.bool_)
@@ -180,8 +181,10 @@ class SlotScheduler(Scheduler):
             slots, free = free[: len(batch)], free[len(batch):]
             for slot, request in zip(slots, batch):
                 self.rows[slot] = request
-            self.inputs[slots] = inputs
-            self.written.update(zip(slots, inputs))
+            if self.inputs is not None:
+                self.inputs[slots] = inputs
+            else:
+                self.written.update(zip(slots, inputs))
             self.budget[slots] = budgets
             self.steps[slots] = 0
             self.reset[slots] = True
@@ -207,14 +210,12 @@ class SlotScheduler(Scheduler):
 
     def _step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step of all B slots -> (confidence [B], prediction [B])."""
-        x = self._frame(self.inputs, self.steps)
         if self.device is not None:
-            rows = x if self.event else (self.written or None)
+            rows = self._frame(self.inputs, self.steps) if self.event else (self.written or None)
             self.written = {}
             self.steps_run += 1
-            self.rows_run += self.batch
             return self.device.step(rows, self.reset)
-        out = self._run(x, self.reset, self.states)
+        out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
         self.states = self._next_states(out)
         return out[CONFIDENCE], out[PREDICTION]
 
