@@ -148,6 +148,8 @@ def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, a
 @click.option("--accumulate", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
               help="How the exit head accumulates logits over timesteps.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
+@click.option("--fp32-layers", default=None, metavar="NAME[,NAME...]",
+              help="With --precision fp16: body layers (Conv2d, Linear) to keep in FP32; `verify` names candidates.")
 @click.option("--no-encoder-split", is_flag=True, help="Keep the first conv + BN in the step graph.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--factory", default=None, metavar="PKG.MODULE:FUNCTION",
@@ -158,8 +160,8 @@ def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, a
               help="With --factory: real samples for the parity check (default: uniform noise in [0, 1]).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @allow_pickle_option
-def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, no_encoder_split, exporter,
-               factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
+def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, no_encoder_split,
+               exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
     """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest."""
     from seenn_deploy.lazy import require
 
@@ -168,7 +170,8 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
     from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
 
     options = ExportOptions(opset=opset, max_batch=max_batch, precision=precision, accumulate=accumulate,
-                            temperature=temperature, encoder_split=not no_encoder_split, exporter=exporter, force=force)
+                            temperature=temperature, encoder_split=not no_encoder_split, exporter=exporter, force=force,
+                            fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()))
     if factory is None:
         if input_shape or timesteps or sample_data:
             raise UserError("--input-shape, --timesteps and --sample-data go with --factory; a checkpoint records them")
@@ -224,7 +227,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
 
     require("torch", "verify")
     from seenn_deploy.data import Normalisation, parse_data_spec
-    from seenn_deploy.export.exporter import file_sha256
+    from seenn_deploy.files import file_sha256
     from seenn_deploy.export.verify import verify_bundle
     from seenn_deploy.runtime.manifest import read_manifest
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
@@ -256,6 +259,10 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
         click.echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
                    f"{report.max_logit_diff[t]:.2e}{acc}")
     click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
+    if report.spike_flip_rate > 0:
+        click.echo("  by layer: " + ", ".join(f"{name} {rate:.1e}" for name, rate in report.layer_flip_rates.items()))
+    if report.hint:
+        click.echo(f"  {report.hint}")
     click.echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
     if not report.passed:
@@ -370,10 +377,41 @@ def calibrate_cmd(bundle, data_spec, split, samples, target_drop, target_timeste
     emit_json(json_path, report.to_dict())
 
 
+@cli.command("build")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: the bundle's. fp16 from an fp32 bundle and int8 without Q/DQ need TensorRT 10.")
+@click.option("--max-batch", type=int, default=None, help="Largest batch of the profile (default: the bundle's).")
+@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default: min(64, max batch)).")
+@click.option("--workspace", "workspace_mb", type=int, default=None, metavar="MB",
+              help="Workspace memory pool limit (default: TensorRT's).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Read tactic timings from FILE when it exists; write them back after the build.")
+@click.option("--version-compatible", is_flag=True,
+              help="Plans that also load on later TensorRT releases of the same major version.")
+@click.option("--calib-data", default=None, metavar="SPEC",
+              help="With --precision int8: samples (train split) for TensorRT 10's INT8 calibrator.")
+@json_option
+def build_cmd(bundle, precision, max_batch, opt_batch, workspace_mb, timing_cache, version_compatible, calib_data,
+              json_path) -> None:
+    """TensorRT engines for the bundle's graphs, with their records, in BUNDLE/engines/ (needs a GPU)."""
+    from seenn_deploy.build import BuildOptions, build_engines
+
+    options = BuildOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
+                           timing_cache=timing_cache, version_compatible=version_compatible, calib_data=calib_data)
+    engines = build_engines(bundle, options, log=click.echo)
+    for engine in engines:
+        click.echo(f"wrote {engine.plan} ({engine.meta.role}, {engine.meta.precision}, batch "
+                   f"{engine.meta.profile['min']}..{engine.meta.profile['max']}, {engine.seconds:.1f} s)")
+    emit_json(json_path, {"bundle": str(bundle), "engines": [
+        {"path": str(e.plan), "seconds": e.seconds, **e.meta.to_dict()} for e in engines]})
+
+
 @cli.command("bench")
 @click.option("--engine", "engine", type=click.Path(path_type=Path), required=True,
-              help="The bundle directory to measure.")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+              help="What to measure: a bundle directory, a plan in BUNDLE/engines/, or a lone ONNX step graph.")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default=None,
+              help="Default: trt for a plan, else ort.")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
 @click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy")
@@ -392,14 +430,14 @@ def calibrate_cmd(bundle, data_spec, split, samples, target_drop, target_timeste
 @json_option
 def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, samples, warmup_ms, duration_s, iterations,
               percentiles, compare, power, plot_dir, json_path) -> None:
-    """Latency, throughput, early-exit speedup and energy of a bundle on this machine."""
+    """Latency, throughput, early-exit speedup and energy of a bundle, plan or step graph on this machine."""
     from seenn_deploy.profile.bench import BenchSettings, run_bench, write_plots
     from seenn_deploy.profile.latency import parse_percentiles
-    from seenn_deploy.runtime.manifest import read_manifest
+    from seenn_deploy.profile.target import resolve_target
 
-    if engine.is_file():
-        raise UserError(f"{engine} is a file: bench takes the bundle directory (plans and lone ONNX graphs come later)")
-    manifest = read_manifest(engine)
+    target = resolve_target(engine)
+    backend = target.check_backend(backend)
+    manifest = target.manifest
     if data_spec is not None and synthetic:
         raise UserError("give one of --data SPEC or --synthetic")
     if data_spec is None and not synthetic:
@@ -423,7 +461,7 @@ def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, sam
     settings = BenchSettings(backend=backend, batch=batch, mode=mode, exit=exit_spec, warmup_s=warmup_ms / 1000,
                              duration_s=duration_s, iterations=iterations, percentiles=pcts,
                              compare_fixed=compare == "fixed", power=power)
-    report = run_bench(engine, x, labels, name, settings)
+    report = run_bench(target, x, labels, name, settings)
     click.echo(report.text())
     if plot_dir is not None:
         for path in write_plots(plot_dir, report):

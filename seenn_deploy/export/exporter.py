@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from seenn_deploy.export.bundle_writer import staged_bundle
 from seenn_deploy.export.precision import for_precision
 from seenn_deploy.export.onnx_export import METADATA_KEY, GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
+from seenn_deploy.files import file_sha256
 from seenn_deploy.runtime.manifest import (
     ACCUMULATIONS, CONFIDENCE, LOGITS, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
     write_manifest,
@@ -39,6 +39,7 @@ class ExportOptions:
     accumulate: str = "mean"
     temperature: float = 1.0
     encoder_split: bool = True
+    fp32_layers: tuple[str, ...] = ()  # fp16 only: more layers kept in FP32 (export/precision.py)
     exporter: str = "dynamo"
     force: bool = False
 
@@ -52,6 +53,8 @@ class ExportOptions:
             raise UserError(f"--accumulate {self.accumulate!r} is not one of {', '.join(ACCUMULATIONS)}")
         if not self.temperature > 0:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if self.fp32_layers and self.precision != "fp16":
+            raise UserError("--fp32-layers applies to --precision fp16 (an fp32 graph has every layer in FP32)")
 
 
 @dataclass
@@ -89,7 +92,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
     if len(source.classes) != model.num_classes:
         raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
     dtype = torch.float32  # graph inputs, outputs and states; FP16 lives inside (see export/precision.py)
-    model = for_precision(model, options.precision)
+    model = for_precision(model, options.precision, options.fp32_layers)
     split = options.encoder_split and not source.event
     channels = model.input_spec.channels
     norm = source.normalisation or Normalisation(tuple([0.0] * channels), tuple([1.0] * channels))
@@ -113,6 +116,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         exit=ExitInfo(kind="fixed", alpha=None, accumulate=options.accumulate, temperature=options.temperature,
                       candidates=list(source.candidates)),
         precision=options.precision,
+        fp32_layers=list(options.fp32_layers),
         max_batch=options.max_batch,
         arch=source.arch,
         provenance={**source.provenance, "exporter": f"seenn-deploy {__version__} (torch.onnx, {options.exporter})",
@@ -142,14 +146,6 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
             export(policy, (sample,), GraphSpec([X], ["scores"]), staging / "policy.onnx")
         write_manifest(staging, manifest)
     return manifest
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None = None,

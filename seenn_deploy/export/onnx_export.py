@@ -20,12 +20,12 @@ from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.lazy import require
+from seenn_deploy.runtime.manifest import METADATA_KEY  # noqa: F401  (re-exported; the runtime reads it)
 
 EXPORTERS = ("dynamo", "torchscript")
 MIN_OPSET, MAX_OPSET = 17, 21
 # Operators TensorRT 10 does not take, or takes only with data-dependent shapes we never want here.
 FORBIDDEN_OPS = {"NonZero", "Loop", "Scan", "If", "ScatterND", "SequenceConstruct", "SequenceAt", "Unique", "BatchNormalization"}
-METADATA_KEY = "seenn_deploy.manifest"
 
 
 @dataclass(frozen=True)

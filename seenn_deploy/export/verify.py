@@ -36,10 +36,12 @@ class VerifyReport:
     max_logit_diff: list[float]  # per t: max |logit difference| (accumulated-mean logits)
     spike_flip_rate: float  # mismatched spike elements / all spike elements, over layers and t
     spike_layers: int
+    layer_flip_rates: dict[str, float]  # per neuron layer (the model's module name), in module order
     reference_accuracy: list[float] | None
     bundle_accuracy: list[float] | None
     min_agreement: float
     max_flip_rate: float
+    hint: str | None = None  # fp16 with flips: which layer to keep in FP32
 
     @property
     def passed(self) -> bool:
@@ -69,7 +71,7 @@ def with_outputs(step_onnx: Path, names: list[str]) -> bytes:
 @torch.no_grad()
 def reference_trace(model: SpikingModel, x: np.ndarray, normalisation: Normalisation, timesteps: int,
                     batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Torch multi-step: logits [T, N, K] and each neuron's spikes [T, N, ...] in module order."""
+    """Torch multi-step: logits [T, N, K] and each neuron layer's spikes [T, N, ...] by module name, in module order."""
     from seenn_deploy.train.batches import model_input
 
     logits, spikes = [], []
@@ -77,8 +79,8 @@ def reference_trace(model: SpikingModel, x: np.ndarray, normalisation: Normalisa
         xb = model_input(x[start : start + batch_size], normalisation, timesteps)
         out, frame = model.run_steps(xb, timesteps)
         logits.append(out.float().numpy())
-        spikes.append([s.reshape(timesteps, -1, *s.shape[1:]).float().numpy() for s in frame.spikes.values()])
-    layers = [np.concatenate([batch[i] for batch in spikes], axis=1) for i in range(len(spikes[0]))]
+        spikes.append({name: s.reshape(timesteps, -1, *s.shape[1:]).float().numpy() for name, s in frame.spikes.items()})
+    layers = {name: np.concatenate([batch[name] for batch in spikes], axis=1) for name in spikes[0]}
     return np.concatenate(logits, axis=1), layers
 
 
@@ -107,14 +109,18 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
     agreement = (trace.prediction == ref_pred).mean(axis=1)
     max_diff = np.abs(bundle_mean - ref_mean).max(axis=(1, 2))
     flips = total = 0
-    for name, ref in zip(spike_names, ref_spikes):
+    layer_flip_rates = {}
+    for name, (layer, ref) in zip(spike_names, ref_spikes.items()):
         got = trace.extra[name]
         if got.shape != ref.shape:
             raise UserError(f"spike tensor {name} is {list(got.shape)} in the graph and {list(ref.shape)} in the model: "
                             "the bundle does not come from this model")
-        flips += int((got.astype(np.float32) != ref).sum())
+        layer_flips = int((got.astype(np.float32) != ref).sum())
+        layer_flip_rates[layer] = layer_flips / max(ref.size, 1)
+        flips += layer_flips
         total += ref.size
     labels = data.y
+    hint = fp32_hint(model, layer_flip_rates, manifest) if flips and manifest.precision == "fp16" else None
 
     def accuracy(pred: np.ndarray) -> list[float] | None:
         return None if labels is None else [float(v) for v in (pred == labels).mean(axis=1)]
@@ -122,8 +128,25 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
     return VerifyReport(
         samples=len(data), timesteps=steps, precision=manifest.precision,
         agreement=[float(a) for a in agreement], max_logit_diff=[float(d) for d in max_diff],
-        spike_flip_rate=flips / max(total, 1), spike_layers=len(spike_names),
+        spike_flip_rate=flips / max(total, 1), spike_layers=len(spike_names), layer_flip_rates=layer_flip_rates,
+        hint=hint,
         reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(trace.prediction),
         min_agreement=default_agreement if min_agreement is None else min_agreement,
         max_flip_rate=default_flips if max_flip_rate is None else max_flip_rate,
     )
+
+
+def fp32_hint(model: SpikingModel, layer_flip_rates: dict[str, float], manifest: Manifest) -> str | None:
+    """For an FP16 bundle: the neuron layer that flips most, and the FP16 layer feeding it (the last Conv2d or
+    Linear before it in module order), to keep in FP32 with `export --fp32-layers`."""
+    from seenn_deploy.export.precision import fp16_layers
+
+    worst = max(layer_flip_rates, key=layer_flip_rates.get)
+    names = [name for name, _ in model.named_modules()]
+    candidates = set(fp16_layers(model, manifest.fp32_layers))
+    feeding = [n for n in names[: names.index(worst)] if n in candidates] if worst in names else []
+    if not feeding:
+        return None
+    keep = ",".join([*manifest.fp32_layers, feeding[-1]])
+    return (f"most flips at {worst} ({layer_flip_rates[worst]:.1e}), fed by {feeding[-1]} in FP16: "
+            f"export with --precision fp16 --fp32-layers {keep} to keep it in FP32")

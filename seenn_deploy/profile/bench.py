@@ -1,10 +1,11 @@
-"""`bench`: latency, throughput, early-exit gain and energy of a bundle on this machine.
+"""`bench`: latency, throughput, early-exit gain and energy of a bundle, plan or lone step graph on this machine.
 
 Every figure comes from one process and one data set: the exit policy under test and, with
 `compare_fixed`, Fixed(T_max) on the same samples, so the speedup and its share of the ideal
 T_max / avg T are measured, not assumed. Per-sample latency is the service time, from the step
 that admits a sample to the step it exits in (queueing excluded); per-step times come from the
-step executor.
+step executor. What runs is a `BenchTarget` (profile/target.py): a bundle, a plan in its bundle, or
+a lone ONNX step graph.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.profile.latency import DEFAULT_PERCENTILES, LatencyStats
+from seenn_deploy.profile.target import BenchTarget, resolve_target
 from seenn_deploy.runtime.api import Runtime
 from seenn_deploy.runtime.exit import Fixed
 
@@ -27,7 +29,7 @@ POWER = ("auto", "nvml", "tegrastats", "none")
 
 @dataclass
 class BenchSettings:
-    backend: str = "ort"
+    backend: str | None = None  # None: the target's default (trt for a plan, else ort)
     batch: int = 64
     mode: str = "slots"
     exit: str | None = None
@@ -203,7 +205,7 @@ def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings
     )
 
 
-def estimate_for(bundle: Path, runtime: Runtime, x: np.ndarray, avg_timesteps: float) -> tuple[dict | None, str | None]:
+def estimate_for(runtime: Runtime, x: np.ndarray, avg_timesteps: float) -> tuple[dict | None, str | None]:
     """The field's energy estimate from the source checkpoint, or why there is none."""
     try:
         import torch
@@ -222,14 +224,16 @@ def estimate_for(bundle: Path, runtime: Runtime, x: np.ndarray, avg_timesteps: f
     return estimate.to_dict(), None
 
 
-def run_bench(bundle: Path, x: np.ndarray, labels: np.ndarray | None, data_name: str, settings: BenchSettings,
-              **backend_options) -> BenchReport:
+def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | None, data_name: str,
+              settings: BenchSettings, **backend_options) -> BenchReport:
+    """Measure `target` (a BenchTarget, or a path resolve_target reads) on samples x [N, ...]."""
     settings.check()
-    with Runtime.from_bundle(bundle, backend=settings.backend, exit=settings.exit, mode=settings.mode,
-                             batch=settings.batch, **backend_options) as runtime:
+    target = target if isinstance(target, BenchTarget) else resolve_target(target)
+    backend = target.check_backend(settings.backend)
+    with target.open(backend, settings.exit, settings.mode, settings.batch, **backend_options) as runtime:
         runtime.prepare(x[:1])
-        report = BenchReport(str(bundle), settings.backend, settings.mode, settings.batch, data_name,
-                             runtime.manifest.timesteps, [])
+        report = BenchReport(str(target.path), backend, settings.mode, settings.batch, data_name,
+                             runtime.manifest.timesteps, [], notes=target.notes())
         power = open_power(settings.power)
         if settings.power == "auto" and power is None:
             report.notes.append("no power sampler on this machine (no tegrastats, no NVML GPU): measured energy is absent")
@@ -241,7 +245,7 @@ def run_bench(bundle: Path, x: np.ndarray, labels: np.ndarray | None, data_name:
             report.speedup = early.throughput / fixed.throughput
             report.ideal_speedup = runtime.manifest.timesteps / early.avg_timesteps
             report.share_of_ideal = report.speedup / report.ideal_speedup
-        report.energy_estimate, why = estimate_for(bundle, runtime, x, report.runs[0].avg_timesteps)
+        report.energy_estimate, why = estimate_for(runtime, x, report.runs[0].avg_timesteps)
         if why:
             report.notes.append(why)
     return report

@@ -42,6 +42,7 @@ class EngineMeta:
     created: str = ""  # ISO 8601, UTC
     onnx_sha256: str = ""  # hash of the ONNX graph it was built from
     version_compatible: bool = False  # built with BuilderFlag.VERSION_COMPATIBLE
+    build: dict[str, Any] = field(default_factory=dict)  # how: network typing, workspace, calibration data, ...
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": META_FORMAT, "version": META_VERSION, **asdict(self)}
@@ -60,7 +61,8 @@ class EngineMeta:
                        gpu_name=str(d["gpu_name"]), compute_capability=str(d["compute_capability"]),
                        precision=str(d["precision"]), profile=profile, created=str(d.get("created", "")),
                        onnx_sha256=str(d.get("onnx_sha256", "")),
-                       version_compatible=bool(d.get("version_compatible", False)))
+                       version_compatible=bool(d.get("version_compatible", False)),
+                       build=dict(d.get("build", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{where} is malformed ({type(exc).__name__}: {exc}): "
                             f"rebuild the engine with {BUILD_HINT}") from None

@@ -25,7 +25,8 @@ class ExitPolicy:
         raise NotImplementedError
 
     def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:
-        """bool [b]: which rows stop after this step (steps already counts it)."""
+        """bool [b]: which rows stop after this step (steps already counts it). Also called with
+        scalars (one row at batch 1), so write it with operators that work on both."""
         return steps >= budget
 
     def describe(self) -> str:

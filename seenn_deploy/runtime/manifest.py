@@ -24,6 +24,8 @@ PRECISIONS = ("fp32", "fp16")
 X, RESET = "x", "reset"
 CONFIDENCE, PREDICTION, LOGITS = "confidence", "prediction", "logits"
 NEXT_SUFFIX = ".next"
+# Key of the ONNX metadata entry in which every exported graph carries its bundle's manifest (JSON).
+METADATA_KEY = "seenn_deploy.manifest"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Manifest:
     timesteps: int  # T_max
     exit: ExitInfo
     precision: str = "fp32"
+    fp32_layers: list[str] = field(default_factory=list)  # fp16: weighted layers kept in FP32 besides the default ones
     max_batch: int = 256
     arch: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +112,7 @@ class Manifest:
                 timesteps=int(d["timesteps"]),
                 exit=ExitInfo(**d["exit"]),
                 precision=d.get("precision", "fp32"),
+                fp32_layers=list(d.get("fp32_layers", [])),
                 max_batch=int(d.get("max_batch", 256)),
                 arch=d.get("arch", ""),
                 provenance=dict(d.get("provenance", {})),

@@ -6,6 +6,8 @@
   up to B rows. Best where cost is linear in batch size (CPU).
 * `NaiveScheduler` (naive mode): a wave of B samples runs until its slowest sample exits; the
   baseline the other two are measured against.
+* `SerialScheduler`: batch 1 with the states on the host, where the three modes coincide; one
+  sample runs to its exit in one tight loop, so the cost per step is the graph's and little more.
 
 All three give every sample exactly the same result it gets alone: rows never interact.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seenn_deploy.errors import UserError
+from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.runtime.executors.base import Executor
 from seenn_deploy.runtime.exit import ExitPolicy
 from seenn_deploy.runtime.manifest import CONFIDENCE, PREDICTION, RESET, X, Manifest
@@ -37,7 +39,7 @@ class Request:
     admitted: float = 0.0  # when it took a batch row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """prediction, its confidence, timesteps used; seconds from submission (latency) and from admission (service) to answer."""
 
@@ -94,7 +96,7 @@ class Scheduler:
 
     def _admit(self, requests: list[Request]) -> tuple[np.ndarray, np.ndarray] | list[Outcome]:
         """(step inputs [n, ...], or all T_max frames [n, T, ...] for events; budgets [n]), or failures if admission raises."""
-        xs = np.stack([r.x for r in requests])
+        xs = requests[0].x[None] if len(requests) == 1 else np.stack([r.x for r in requests])
         now = time.perf_counter()
         for r in requests:
             r.admitted = now
@@ -127,10 +129,13 @@ class Scheduler:
         return {s.name: out[s.output] for s in self.manifest.states}
 
     @staticmethod
-    def _result(request: Request, prediction, confidence, steps) -> Outcome:
+    def _results(requests: list[Request], rows: np.ndarray, prediction: np.ndarray, confidence: np.ndarray,
+                 steps: np.ndarray) -> list[Outcome]:
+        """Outcomes of the finished `rows` (indices into requests and the [B] arrays), one clock read for all."""
         now = time.perf_counter()
-        return request, Result(int(prediction), float(confidence), int(steps), now - request.submitted,
-                               now - request.admitted)
+        return [(r, Result(p, c, t, now - r.submitted, now - r.admitted))
+                for r, p, c, t in zip([requests[i] for i in rows], prediction[rows].tolist(),
+                                      confidence[rows].tolist(), steps[rows].tolist())]
 
 
 class SlotScheduler(Scheduler):
@@ -147,10 +152,8 @@ class SlotScheduler(Scheduler):
     def __init__(self, *args, device_states: bool | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         b = self.batch
-        opener = getattr(self.step_executor, "open_states", None)
-        if device_states is None:
-            device_states = bool(getattr(self.step_executor, "on_device", False))
-        self.device = opener(b, self.manifest.states) if opener is not None and device_states else None
+        use_device = uses_device_states(self.step_executor, device_states)
+        self.device = self.step_executor.open_states(b, self.manifest.states) if use_device else None
         self.rows: list[Request | None] = [None] * b
         shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
         dtype = np.dtype(self.manifest.input.dtype)
@@ -188,7 +191,7 @@ class SlotScheduler(Scheduler):
             self.budget[slots] = budgets
             self.steps[slots] = 0
             self.reset[slots] = True
-        occupied = np.array([r is not None for r in self.rows])
+        occupied = np.fromiter((r is not None for r in self.rows), dtype=np.bool_, count=self.batch)
         if not occupied.any():
             return outcomes
         self.reset |= ~occupied  # empty slots restart every step, so their garbage stays bounded
@@ -202,9 +205,9 @@ class SlotScheduler(Scheduler):
             return outcomes
         self.reset[:] = False
         self.steps += occupied
-        done = occupied & self.exit.exits(confidence, self.steps, self.budget)
-        for slot in np.flatnonzero(done):
-            outcomes.append(self._result(self.rows[slot], prediction[slot], confidence[slot], self.steps[slot]))
+        done = np.flatnonzero(occupied & self.exit.exits(confidence, self.steps, self.budget))
+        outcomes += self._results(self.rows, done, prediction, confidence, self.steps)
+        for slot in done.tolist():
             self.rows[slot] = None
         return outcomes
 
@@ -281,8 +284,7 @@ class CompactScheduler(Scheduler):
         self.steps += 1
         self.reset[:] = False
         done = self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
-        for row in np.flatnonzero(done):
-            outcomes.append(self._result(self.rows[row], out[PREDICTION][row], out[CONFIDENCE][row], self.steps[row]))
+        outcomes += self._results(self.rows, np.flatnonzero(done), out[PREDICTION], out[CONFIDENCE], self.steps)
         if done.all():
             self._clear()
         elif done.any():
@@ -316,21 +318,82 @@ class NaiveScheduler(CompactScheduler):
         self.reset[:] = False
         self.states = self._next_states(out)
         done = ~self.finished & self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
-        for row in np.flatnonzero(done):
-            outcomes.append(self._result(self.rows[row], out[PREDICTION][row], out[CONFIDENCE][row], self.steps[row]))
+        outcomes += self._results(self.rows, np.flatnonzero(done), out[PREDICTION], out[CONFIDENCE], self.steps)
         self.finished |= done
         if self.finished.all():  # budgets are <= T_max, so every wave ends
             self._clear()
         return outcomes
 
 
+class SerialScheduler(Scheduler):
+    """Batch 1, states on the host: each tick runs the next sample to its exit.
+
+    With one row, slot, compact and naive mode schedule the same steps; what is left to save is
+    the bookkeeping per step, which at batch 1 costs as much as a small graph's step. Results are
+    those of the other schedulers at batch 1, bit for bit (same graph, same feeds).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.batch != 1:
+            raise InternalError(f"SerialScheduler runs batch 1, not {self.batch}")
+        self.first = np.ones(1, dtype=np.bool_)
+        self.later = np.zeros(1, dtype=np.bool_)
+        self.state_names = [s.name for s in self.manifest.states]
+        self.state_outputs = [s.output for s in self.manifest.states]
+
+    @property
+    def active(self) -> int:
+        return 0  # a sample never stays between ticks
+
+    def tick(self) -> list[Outcome]:
+        if not self.pending:
+            return []
+        request = self.pending.popleft()
+        admitted = self._admit([request])
+        if isinstance(admitted, list):
+            return admitted
+        inputs, budgets = admitted
+        states, reset = self._fresh_states(1), self.first
+        exits, budget, steps = self.exit.exits, int(budgets[0]), 0
+        while True:
+            x = inputs[:, steps] if self.event else inputs
+            try:
+                out = self._run(x, reset, states)
+            except Exception as exc:
+                return [(request, exc)]
+            steps += 1
+            confidence = out[CONFIDENCE][0]
+            if exits(confidence, steps, budget):  # numpy scalars: the policies' array code, without array overhead
+                now = time.perf_counter()
+                return [(request, Result(int(out[PREDICTION][0]), float(confidence), steps, now - request.submitted,
+                                         now - request.admitted))]
+            states = dict(zip(self.state_names, (out[o] for o in self.state_outputs)))
+            reset = self.later
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": CompactScheduler, "naive": NaiveScheduler}
 
 
-def make_scheduler(mode: str, *args, device_states: bool | None = None, **kwargs) -> Scheduler:
-    """The scheduler for `mode`; `device_states` applies to slot mode (the others reshape states on the host)."""
+def make_scheduler(mode: str, manifest: Manifest, step: Executor, exit_policy: ExitPolicy, batch: int,
+                   encoder: Executor | None = None, device_states: bool | None = None) -> Scheduler:
+    """The scheduler for `mode`; `device_states` applies to slot mode (the others reshape states on the host).
+
+    Batch 1 with host states runs serially (the modes coincide there); slot mode with device
+    states keeps its slot, the fixed shape a captured CUDA graph needs.
+    """
     if mode not in SCHEDULERS:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "slots":
-        kwargs["device_states"] = device_states
-    return SCHEDULERS[mode](*args, **kwargs)
+    if mode == "slots" and uses_device_states(step, device_states):
+        return SlotScheduler(manifest, step, exit_policy, batch, encoder, device_states=True)
+    if batch == 1:
+        return SerialScheduler(manifest, step, exit_policy, batch, encoder)
+    kwargs = {"device_states": False} if mode == "slots" else {}
+    return SCHEDULERS[mode](manifest, step, exit_policy, batch, encoder, **kwargs)
+
+
+def uses_device_states(step: Executor, device_states: bool | None) -> bool:
+    """Whether slot mode keeps the states on the executor's device: asked for (True), or by default on a GPU."""
+    if not hasattr(step, "open_states"):
+        return False
+    return bool(getattr(step, "on_device", False)) if device_states is None else device_states

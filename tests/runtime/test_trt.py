@@ -515,6 +515,23 @@ def test_stand_in_runtime_slots_equal_ort(fake_bundle, fake_cuda, digits, exact)
     assert_runtime_equals_ort(bundle, digits.x[:200], exact=exact)
 
 
+def test_stand_in_bench_target_runs_exactly_the_given_plan(fake_bundle, fake_cuda, digits):
+    """`bench --engine PLAN` opens that plan for the step graph, also where the bundle holds another one."""
+    from seenn_deploy.profile.target import resolve_target
+
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    plan = find_engine(bundle, manifest, "step")
+    add_plan(bundle, b"an older build", role="step", precision=manifest.precision, gpu_name="A Fake GPU")
+    assert find_engine(bundle, manifest, "step", trt_version="10.3.0", compute_capability="8.7") != plan
+    with resolve_target(plan).open(exit=Confidence(ALPHA), batch=16) as runtime:
+        assert runtime.step.plan == plan
+        got = runtime.infer(digits.x[:100])
+    with Runtime.from_bundle(bundle, backend="ort", exit=Confidence(ALPHA), batch=16) as runtime:
+        want = runtime.infer(digits.x[:100])
+    assert [(r.prediction, r.timesteps) for r in got] == [(r.prediction, r.timesteps) for r in want]
+
+
 # -- on a GPU with TensorRT ----------------------------------------------------------------------
 def trt_and_gpu():
     """(tensorrt, gpu name, compute capability), or skip saying what is missing."""

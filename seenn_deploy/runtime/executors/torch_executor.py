@@ -118,7 +118,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
                       device: str = "cpu", cuda_graphs: bool = False) -> Callable[[str], Executor]:
     """A factory role -> TorchExecutor for the bundle's step, encoder and policy graphs."""
     require("torch", "the torch backend")
-    from seenn_deploy.export.exporter import file_sha256
+    from seenn_deploy.files import file_sha256
     from seenn_deploy.export.precision import for_precision
     from seenn_deploy.export.step_module import EncoderModule, StepModule
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
@@ -132,7 +132,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if expected and file_sha256(weights) != expected:
         raise UserError(f"{path} is not the checkpoint {bundle} was exported from (weights hash differs)")
-    model = for_precision(model, manifest.precision)
+    model = for_precision(model, manifest.precision, manifest.fp32_layers)
     float_dtype = np.dtype(manifest.input.dtype)
 
     def info(name: str, shape: tuple[int, ...], dtype=float_dtype) -> TensorInfo:

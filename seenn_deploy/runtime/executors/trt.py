@@ -3,7 +3,7 @@
 Written against the name-based TensorRT 10 / 11 Python API (`num_io_tensors`, `get_tensor_name`,
 `get_tensor_mode`, `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`,
 `execute_async_v3`) and cuda-python's runtime bindings (`cuda.bindings.runtime`, or `cuda.cudart`
-on older 12.x releases), whose every call returns a tuple `(cudaError_t, *results)`; `_Cuda`
+on older 12.x releases), whose every call returns a tuple `(cudaError_t, *results)`; `CudaCalls`
 checks it. tensorrt and cuda are imported lazily, so the runtime imports without them.
 
 Two ways to run a graph:
@@ -57,26 +57,33 @@ class CudaError(UserError):
     """A CUDA runtime call failed (out of memory, a lost device, ...); the message names the call."""
 
 
-def load_tensorrt():
+def load_tensorrt(purpose: str = PURPOSE):
     """`tensorrt`, or MissingDependency naming the extra `trt` and where TensorRT comes from."""
     try:
-        return require("tensorrt", PURPOSE)
+        return require("tensorrt", purpose)
     except MissingDependency as exc:
         raise MissingDependency(f"{exc}{TRT_HINT}") from exc
 
 
-def load_cudart():
+def load_cudart(purpose: str = PURPOSE):
     """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+ and 13), else the older `cuda.cudart`."""
     try:
-        return require("cuda.bindings.runtime", PURPOSE)
+        return require("cuda.bindings.runtime", purpose)
     except MissingDependency as first:
         try:
-            return require("cuda.cudart", PURPOSE)
+            return require("cuda.cudart", purpose)
         except MissingDependency:
             raise first from None
 
 
-class _Cuda:
+def trt_logger(trt):
+    """The process's one TensorRT logger (warnings and errors) for this tensorrt module."""
+    if id(trt) not in _LOGGERS:
+        _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[id(trt)]
+
+
+class CudaCalls:
     """Calls `cudart.<name>(*args)`, raises CudaError unless it returned cudaSuccess, returns the results."""
 
     def __init__(self, cudart) -> None:
@@ -90,9 +97,9 @@ class _Cuda:
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def gpu_info(cudart, device: int = 0) -> tuple[str, str]:
-    """(name, compute capability 'major.minor') of CUDA device `device`; UserError when there is none."""
-    fix = "the trt backend needs an NVIDIA GPU and its driver; on this machine use backend='ort'"
+def gpu_info(cudart, device: int = 0, fix: str | None = None) -> tuple[str, str]:
+    """(name, compute capability 'major.minor') of CUDA device `device`; UserError ending in `fix` when there is none."""
+    fix = fix or "the trt backend needs an NVIDIA GPU and its driver; on this machine use backend='ort'"
     try:
         err, count = cudart.cudaGetDeviceCount()
     except Exception as exc:  # the driver library itself is missing
@@ -101,7 +108,7 @@ def gpu_info(cudart, device: int = 0) -> tuple[str, str]:
         raise UserError(f"no CUDA device was found ({getattr(err, 'name', err)}): {fix}")
     if not 0 <= device < count:
         raise UserError(f"CUDA device {device} does not exist: this machine has {count} (0..{count - 1})")
-    props = _Cuda(cudart)("cudaGetDeviceProperties", device)
+    props = CudaCalls(cudart)("cudaGetDeviceProperties", device)
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return name.split("\x00")[0].strip(), f"{props.major}.{props.minor}"
 
@@ -131,7 +138,7 @@ class TrtExecutor(Executor):
                  label: str | None = None) -> None:
         self.trt = trt = load_tensorrt()
         self.cudart = load_cudart()
-        self.cuda = _Cuda(self.cudart)
+        self.cuda = CudaCalls(self.cudart)
         self.device = device
         self.plan = Path(plan)
         self.label = label or self.plan.name  # Executor.__init__ sets it again; messages need it sooner
@@ -151,9 +158,7 @@ class TrtExecutor(Executor):
         if meta is not None:
             check_engine_compat(meta, trt.__version__, gpu_name, capability)
         self.cuda("cudaSetDevice", device)
-        if id(trt) not in _LOGGERS:
-            _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(_LOGGERS[id(trt)])
+        self.runtime = trt.Runtime(trt_logger(trt))
         if meta is not None and meta.version_compatible:
             self.runtime.engine_host_code_allowed = True  # the plan embeds its lean runtime
         try:
@@ -468,15 +473,22 @@ class TrtDeviceStates(DeviceStates):
 
 
 def open_trt_graphs(bundle: Path, manifest: Manifest, precision: str | None = None, device: int = 0,
-                    cuda_graphs: bool = True) -> Callable[[str], Executor]:
-    """A factory role -> TrtExecutor over the plans in `bundle/engines/` that load on this machine."""
+                    cuda_graphs: bool = True, plans: dict[str, Path] | None = None) -> Callable[[str], Executor]:
+    """A factory role -> TrtExecutor over the plans in `bundle/engines/` that load on this machine.
+
+    plans: role -> a given plan to use for that role (`bench --engine PLAN`); other roles are found.
+    """
     trt = load_tensorrt()
     cudart = load_cudart()
     gpu_name, capability = gpu_info(cudart, device)
 
     def open_graph(role: str) -> Executor:
-        plan = find_engine(bundle, manifest, role, precision, trt.__version__, gpu_name, capability)
+        plan = (plans or {}).get(role) or find_engine(bundle, manifest, role, precision, trt.__version__, gpu_name,
+                                                      capability)
+        meta = read_engine_meta(meta_path(plan))
+        if meta.role != role:
+            raise UserError(f"{plan} is a {meta.role} engine (its record says so), not the {role} engine")
         states = [(s.name, s.output) for s in manifest.states] if role == "step" else []
-        return TrtExecutor(plan, read_engine_meta(meta_path(plan)), device, states, cuda_graphs, f"{role} (trt)")
+        return TrtExecutor(plan, meta, device, states, cuda_graphs, f"{role} (trt)")
 
     return open_graph
