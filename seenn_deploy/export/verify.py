@@ -137,16 +137,17 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
 
 
 def fp32_hint(model: SpikingModel, layer_flip_rates: dict[str, float], manifest: Manifest) -> str | None:
-    """For an FP16 bundle: the neuron layer that flips most, and the FP16 layer feeding it (the last Conv2d or
-    Linear before it in module order), to keep in FP32 with `export --fp32-layers`."""
-    from seenn_deploy.export.precision import fp16_layers
+    """For an FP16 bundle: the first neuron layer (module order) that flips and is fed by an FP16 layer (the
+    last Conv2d or Linear before it), to keep in FP32 with `export --fp32-layers`. Flips start there and
+    spread: later layers flip more often, mostly because their inputs flipped, so the worst rate misleads."""
+    from seenn_deploy.export.precision import fp16_layers, weighted_layers
 
-    worst = max(layer_flip_rates, key=layer_flip_rates.get)
     names = [name for name, _ in model.named_modules()]
-    candidates = set(fp16_layers(model, manifest.fp32_layers))
-    feeding = [n for n in names[: names.index(worst)] if n in candidates] if worst in names else []
-    if not feeding:
-        return None
-    keep = ",".join([*manifest.fp32_layers, feeding[-1]])
-    return (f"most flips at {worst} ({layer_flip_rates[worst]:.1e}), fed by {feeding[-1]} in FP16: "
-            f"export with --precision fp16 --fp32-layers {keep} to keep it in FP32")
+    weighted, half = set(weighted_layers(model)), set(fp16_layers(model, manifest.fp32_layers))
+    for neuron, rate in layer_flip_rates.items():
+        before = [n for n in names[: names.index(neuron)] if n in weighted] if neuron in names else []
+        if rate > 0 and before and before[-1] in half:
+            keep = ",".join([*manifest.fp32_layers, before[-1]])
+            return (f"flips start at {neuron} ({rate:.1e}), fed by {before[-1]} in FP16: export with "
+                    f"--precision fp16 --fp32-layers {keep} to keep it in FP32")
+    return None

@@ -89,7 +89,7 @@ class BenchReport:
         for run in self.runs:
             lines += [f"=== {run.exit} ===",
                       f"Throughput: {run.throughput:,.1f} samples/s ({run.samples} samples in {run.seconds:.3f} s, "
-                      f"{run.passes} passes)",
+                      f"{run.passes} pass{'es' if run.passes != 1 else ''})",
                       "Latency (per sample, admission to exit): " + ", ".join(
                           f"{k[:-3]} = {v:.4g} ms" for k, v in run.latency.items() if k.endswith("_ms")),
                       f"Steps: {run.steps}, compute {run.step_ms:.4g} ms/step, host {run.host_ms_per_step:.4g} ms/step, "

@@ -25,8 +25,8 @@ class ExitPolicy:
         raise NotImplementedError
 
     def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:
-        """bool [b]: which rows stop after this step (steps already counts it). Also called with
-        scalars (one row at batch 1), so write it with operators that work on both."""
+        """bool [b]: which rows stop after this step (steps already counts it). Also called with Python
+        scalars (float, int, int: one row at batch 1), so write it with operators that work on both."""
         return steps >= budget
 
     def describe(self) -> str:
@@ -59,16 +59,20 @@ class Confidence(ExitPolicy):
 
     alpha: float
     name = "confidence"
+    # alpha rounded to float32, the confidence's type: the same comparison for float32 arrays and
+    # for Python floats (the batch-1 path), where comparing with alpha itself could differ at a tie
+    threshold: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"confidence:A needs 0 <= A <= 1, got {self.alpha}")
+        self.threshold = float(np.float32(self.alpha))
 
     def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
         return np.full(len(x), t_max, dtype=np.int64)
 
     def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:
-        return (confidence > self.alpha) | (steps >= budget)
+        return (confidence > self.threshold) | (steps >= budget)
 
     def describe(self) -> str:
         return f"confidence:{self.alpha:g}"

@@ -3,7 +3,8 @@
 * `SlotScheduler` (slot mode): B fixed slots; an exited slot takes the next queued sample at
   the next step with `reset` set, so shapes never change (a captured CUDA graph stays valid).
 * `CompactScheduler` (compact mode): exited rows leave and the batch shrinks; new samples join
-  up to B rows. Best where cost is linear in batch size (CPU).
+  up to B rows. Saves the empty rows' compute while the queue drains, but every join copies the
+  batch's states (on the Fashion-MNIST CNN, ORT CPU, batch 64: efficiency 0.80 against slots' 0.91).
 * `NaiveScheduler` (naive mode): a wave of B samples runs until its slowest sample exits; the
   baseline the other two are measured against.
 * `SerialScheduler`: batch 1 with the states on the host, where the three modes coincide; one
@@ -339,8 +340,7 @@ class SerialScheduler(Scheduler):
             raise InternalError(f"SerialScheduler runs batch 1, not {self.batch}")
         self.first = np.ones(1, dtype=np.bool_)
         self.later = np.zeros(1, dtype=np.bool_)
-        self.state_names = [s.name for s in self.manifest.states]
-        self.state_outputs = [s.output for s in self.manifest.states]
+        self.carry = [(s.name, s.output) for s in self.manifest.states]  # state input <- its output
 
     @property
     def active(self) -> int:
@@ -354,22 +354,26 @@ class SerialScheduler(Scheduler):
         if isinstance(admitted, list):
             return admitted
         inputs, budgets = admitted
-        states, reset = self._fresh_states(1), self.first
-        exits, budget, steps = self.exit.exits, int(budgets[0]), 0
+        # One feed dict per sample, updated in place: at batch 1 the dict building costs what a step's tail does.
+        feeds = {X: inputs[:, 0] if self.event else inputs, RESET: self.first, **self._fresh_states(1)}
+        run, exits, budget, steps = self.step_executor.run, self.exit.exits, int(budgets[0]), 0
         while True:
-            x = inputs[:, steps] if self.event else inputs
+            self.steps_run += 1
             try:
-                out = self._run(x, reset, states)
+                out = run(feeds, check=self.steps_run == 1)
             except Exception as exc:
                 return [(request, exc)]
             steps += 1
-            confidence = out[CONFIDENCE][0]
-            if exits(confidence, steps, budget):  # numpy scalars: the policies' array code, without array overhead
+            confidence = float(out[CONFIDENCE][0])
+            if exits(confidence, steps, budget):  # Python scalars: the policies' array code, without array overhead
                 now = time.perf_counter()
-                return [(request, Result(int(out[PREDICTION][0]), float(confidence), steps, now - request.submitted,
+                return [(request, Result(int(out[PREDICTION][0]), confidence, steps, now - request.submitted,
                                          now - request.admitted))]
-            states = dict(zip(self.state_names, (out[o] for o in self.state_outputs)))
-            reset = self.later
+            for name, output in self.carry:
+                feeds[name] = out[output]
+            feeds[RESET] = self.later
+            if self.event:
+                feeds[X] = inputs[:, steps]
 
 
 SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": CompactScheduler, "naive": NaiveScheduler}

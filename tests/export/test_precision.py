@@ -45,17 +45,17 @@ def test_fp32_layers_refuses_unknown_layers_and_fp32_bundles(digits_checkpoint, 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_hint_names_the_fp16_layer_feeding_the_worst_neuron_layer(digits_checkpoint, tmp_path):
+def test_hint_names_the_fp16_layer_where_flips_start(digits_checkpoint, tmp_path):
     model, _ = load_checkpoint(digits_checkpoint)
     manifest = export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16"))
-    rates = {"body.layers.0": 0.0, "body.layers.4": 2e-5, "body.layers.8": 1e-6}
+    rates = {"body.layers.0": 1e-7, "body.layers.4": 2e-5, "body.layers.8": 1e-3}  # 0: fed by the FP32 encoder
     hint = fp32_hint(model, rates, manifest)
-    assert "most flips at body.layers.4 (2.0e-05), fed by body.layers.2" in hint
+    assert "flips start at body.layers.4 (2.0e-05), fed by body.layers.2 in FP16" in hint
     assert hint.endswith("--fp32-layers body.layers.2 to keep it in FP32")
-    manifest.fp32_layers = ["body.layers.2"]  # already kept: nothing in FP16 feeds body.layers.4
-    assert fp32_hint(model, rates, manifest) is None
-    rates["body.layers.8"] = 1e-4
+    manifest.fp32_layers = ["body.layers.2"]  # kept: the next FP16-fed layer that flips is body.layers.8
     assert "--fp32-layers body.layers.2,body.layers.7 " in fp32_hint(model, rates, manifest)
+    rates["body.layers.8"] = 0.0
+    assert fp32_hint(model, rates, manifest) is None
 
 
 def test_verify_reports_flips_per_neuron_layer(digits_checkpoint, tmp_path):

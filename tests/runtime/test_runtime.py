@@ -53,6 +53,20 @@ def test_batched_results_equal_the_offline_trace_exactly(digits_bundle, digits, 
     assert [r.confidence for r in results] == confidence.tolist()
 
 
+def test_a_confidence_equal_to_alpha_does_not_exit_at_batch_1_or_batched(digits_bundle, digits):
+    manifest = read_manifest(digits_bundle)
+    step, encoder = open_bundle_graphs(digits_bundle, manifest)
+    trace = run_timesteps(manifest, step, digits.x, encoder=encoder)
+    reached = np.sort(trace.confidence[0])[len(digits.x) // 2]  # a float32 confidence some samples have exactly
+    alpha = float(np.nextafter(np.float64(reached), 0.0))  # just below it in float64, equal to it in float32
+    assert np.float32(alpha) == reached and alpha < float(reached)
+    above = trace.confidence > np.float32(alpha)  # strictly above, in the confidence's own type
+    exit_t = np.where(above.any(0), above.argmax(0) + 1, manifest.timesteps)
+    for mode, batch in (("slots", 1), ("slots", 7), ("compact", 7)):
+        with Runtime.from_bundle(digits_bundle, exit=Confidence(alpha), mode=mode, batch=batch) as runtime:
+            assert [r.timesteps for r in runtime.infer(digits.x)] == exit_t.tolist(), (mode, batch)
+
+
 def test_single_sample_runs_equal_the_batched_run(digits_bundle, digits):
     with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
         batched = summary(runtime.infer(digits.x[:40]))

@@ -57,7 +57,12 @@ class Executor:
         have the shapes and dtypes of a call that was checked."""
         if check:
             self.check_feeds(feeds)
-        return self._timed(lambda: self._run_impl(feeds))
+        started = time.perf_counter()  # inline, not _timed: this is the hot path at batch 1
+        try:
+            return self._run_impl(feeds)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
 
     def _timed(self, call):
         """Count and time one call of the backend, also when it raises."""
