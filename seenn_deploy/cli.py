@@ -150,6 +150,9 @@ def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, a
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
 @click.option("--fp32-layers", default=None, metavar="NAME[,NAME...]",
               help="With --precision fp16: body layers (Conv2d, Linear) to keep in FP32; `verify` names candidates.")
+@click.option("--fp16-weights", type=click.Choice(["pair", "single"]), default="pair", show_default=True,
+              help="With --precision fp16: each weight as hi + lo FP16 numbers (two FP16 products summed in FP32), "
+                   "or rounded once to FP16 (half the work, more spike flips).")
 @click.option("--no-encoder-split", is_flag=True, help="Keep the first conv + BN in the step graph.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--factory", default=None, metavar="PKG.MODULE:FUNCTION",
@@ -160,8 +163,8 @@ def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, a
               help="With --factory: real samples for the parity check (default: uniform noise in [0, 1]).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @allow_pickle_option
-def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, no_encoder_split,
-               exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
+def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, fp16_weights,
+               no_encoder_split, exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
     """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest."""
     from seenn_deploy.lazy import require
 
@@ -171,7 +174,8 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
 
     options = ExportOptions(opset=opset, max_batch=max_batch, precision=precision, accumulate=accumulate,
                             temperature=temperature, encoder_split=not no_encoder_split, exporter=exporter, force=force,
-                            fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()))
+                            fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()),
+                            fp16_weights=fp16_weights)
     if factory is None:
         if input_shape or timesteps or sample_data:
             raise UserError("--input-shape, --timesteps and --sample-data go with --factory; a checkpoint records them")
@@ -218,9 +222,12 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--min-agreement", type=float, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 0.99).")
 @click.option("--max-flip-rate", type=float, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
+@click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
+              help="ort: the ONNX graphs (CPU provider; it runs FP16 layers in FP32, outputs unrounded). "
+                   "torch: the bundle's layout on torch ops, real FP16 arithmetic, no spike readout.")
 @allow_pickle_option
 @json_option
-def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, allow_pickle,
+def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, backend, allow_pickle,
                json_path) -> None:
     """Compare the bundle's ONNX step loop with the torch reference on real data; exit 1 past tolerance."""
     from seenn_deploy.lazy import require
@@ -250,19 +257,26 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
             raise UserError(f"--samples must be >= 1, got {samples}")
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
-                           min_agreement, max_flip_rate)
-    click.echo(f"{bundle} vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, {report.precision}")
+                           min_agreement, max_flip_rate, backend=backend)
+    click.echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
+               f"{report.precision}")
     for t in range(report.timesteps):
         acc = ""
         if report.bundle_accuracy is not None:
             acc = f"  accuracy {100 * report.bundle_accuracy[t]:.2f}% (torch {100 * report.reference_accuracy[t]:.2f}%)"
         click.echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
                    f"{report.max_logit_diff[t]:.2e}{acc}")
-    click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
-    if report.spike_flip_rate > 0:
+    if report.spike_flip_rate is None:
+        click.echo("  spikes not compared (the torch backend does not read them out)")
+    else:
+        click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
+    if report.spike_flip_rate:
         click.echo("  by layer: " + ", ".join(f"{name} {rate:.1e}" for name, rate in report.layer_flip_rates.items()))
     if report.hint:
         click.echo(f"  {report.hint}")
+    if report.precision == "fp16" and backend == "ort":
+        click.echo("  note: ONNX Runtime's CPU provider runs the FP16 layers in FP32 on the FP16 weights, so outputs "
+                   "are not rounded as on a GPU; --backend torch runs real FP16 arithmetic")
     click.echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
     if not report.passed:

@@ -16,7 +16,7 @@ from seenn_deploy import __version__
 from seenn_deploy.data import Normalisation
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.bundle_writer import staged_bundle
-from seenn_deploy.export.precision import for_precision
+from seenn_deploy.export.precision import FP16_WEIGHTS, for_precision
 from seenn_deploy.export.onnx_export import METADATA_KEY, GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
 from seenn_deploy.files import file_sha256
@@ -40,6 +40,7 @@ class ExportOptions:
     temperature: float = 1.0
     encoder_split: bool = True
     fp32_layers: tuple[str, ...] = ()  # fp16 only: more layers kept in FP32 (export/precision.py)
+    fp16_weights: str = "pair"  # fp16 only: "pair" (hi + lo) or "single" FP16 weights (export/precision.py)
     exporter: str = "dynamo"
     force: bool = False
 
@@ -55,6 +56,8 @@ class ExportOptions:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.fp32_layers and self.precision != "fp16":
             raise UserError("--fp32-layers applies to --precision fp16 (an fp32 graph has every layer in FP32)")
+        if self.fp16_weights not in FP16_WEIGHTS:
+            raise UserError(f"--fp16-weights {self.fp16_weights!r} is not one of {', '.join(FP16_WEIGHTS)}")
 
 
 @dataclass
@@ -92,7 +95,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
     if len(source.classes) != model.num_classes:
         raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
     dtype = torch.float32  # graph inputs, outputs and states; FP16 lives inside (see export/precision.py)
-    model = for_precision(model, options.precision, options.fp32_layers)
+    model = for_precision(model, options.precision, options.fp32_layers, options.fp16_weights)
     split = options.encoder_split and not source.event
     channels = model.input_spec.channels
     norm = source.normalisation or Normalisation(tuple([0.0] * channels), tuple([1.0] * channels))
@@ -117,6 +120,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
                       candidates=list(source.candidates)),
         precision=options.precision,
         fp32_layers=list(options.fp32_layers),
+        fp16_weights=options.fp16_weights,
         max_batch=options.max_batch,
         arch=source.arch,
         provenance={**source.provenance, "exporter": f"seenn-deploy {__version__} (torch.onnx, {options.exporter})",

@@ -25,6 +25,9 @@ from seenn_deploy.snn.model import SpikingModel
 SPIKE_COMPARES = ("GreaterOrEqual", "Greater")
 # Defaults: FP32 must agree exactly up to rare ties; FP16 rounds membranes, so some spikes flip.
 TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2)}
+# FP32 bundles flip 1e-7..1e-6 of spikes (summation order decides exact ties at the threshold):
+# below this, a layer's flips say nothing about FP16.
+HINT_MIN_FLIP_RATE = 1e-6
 
 
 @dataclass
@@ -32,9 +35,10 @@ class VerifyReport:
     samples: int
     timesteps: int
     precision: str
+    backend: str  # what ran the bundle: "ort" (the ONNX graphs, CPU provider) or "torch" (its layout on torch ops)
     agreement: list[float]  # per t: share of samples whose prediction matches the reference
     max_logit_diff: list[float]  # per t: max |logit difference| (accumulated-mean logits)
-    spike_flip_rate: float  # mismatched spike elements / all spike elements, over layers and t
+    spike_flip_rate: float | None  # mismatched spike elements / all spike elements, over layers and t (ort only)
     spike_layers: int
     layer_flip_rates: dict[str, float]  # per neuron layer (the model's module name), in module order
     reference_accuracy: list[float] | None
@@ -45,7 +49,8 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        return min(self.agreement) >= self.min_agreement and self.spike_flip_rate <= self.max_flip_rate
+        flips_ok = self.spike_flip_rate is None or self.spike_flip_rate <= self.max_flip_rate
+        return min(self.agreement) >= self.min_agreement and flips_ok
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -90,17 +95,32 @@ def cumulative_mean(logits: np.ndarray) -> np.ndarray:
 
 def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: ArrayDataset,
                   normalisation: Normalisation, batch_size: int = 256, min_agreement: float | None = None,
-                  max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`."""
+                  max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None,
+                  backend: str = "ort") -> VerifyReport:
+    """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`.
+
+    backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes included; it runs
+    FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the bundle's layout on
+    torch ops, real FP16 arithmetic for an fp16 bundle, without spike readout.
+    """
     steps = manifest.timesteps
     default_agreement, default_flips = TOLERANCES[manifest.precision]
     step_path = Path(bundle) / manifest.graphs["step"]
-    spike_names = spike_tensor_names(step_path)
-    step = OrtExecutor(with_outputs(step_path, spike_names), label=manifest.graphs["step"])
-    encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"]) if manifest.has_encoder else None
+    if backend == "ort":
+        spike_names = spike_tensor_names(step_path)
+        step = OrtExecutor(with_outputs(step_path, spike_names), label=manifest.graphs["step"])
+        encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"]) if manifest.has_encoder else None
+    elif backend == "torch":
+        from seenn_deploy.runtime.executors.torch_executor import open_torch_graphs
+
+        spike_names = []
+        open_graph = open_torch_graphs(Path(bundle), manifest)
+        step, encoder = open_graph("step"), open_graph("encoder") if manifest.has_encoder else None
+    else:
+        raise UserError(f"--backend {backend!r} is not one of ort, torch")
     trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, tuple(spike_names), progress)
     ref_logits, ref_spikes = reference_trace(model.float().eval(), data.x, normalisation, steps, batch_size)
-    if len(ref_spikes) != len(spike_names):
+    if spike_names and len(ref_spikes) != len(spike_names):
         raise UserError(f"the step graph has {len(spike_names)} spike tensors but the model {len(ref_spikes)} "
                         "neuron layers: the bundle does not come from this model")
     ref_mean = cumulative_mean(ref_logits)
@@ -120,15 +140,16 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         flips += layer_flips
         total += ref.size
     labels = data.y
-    hint = fp32_hint(model, layer_flip_rates, manifest) if flips and manifest.precision == "fp16" else None
+    hint = fp32_hint(model, layer_flip_rates, manifest) if manifest.precision == "fp16" else None
 
     def accuracy(pred: np.ndarray) -> list[float] | None:
         return None if labels is None else [float(v) for v in (pred == labels).mean(axis=1)]
 
     return VerifyReport(
-        samples=len(data), timesteps=steps, precision=manifest.precision,
+        samples=len(data), timesteps=steps, precision=manifest.precision, backend=backend,
         agreement=[float(a) for a in agreement], max_logit_diff=[float(d) for d in max_diff],
-        spike_flip_rate=flips / max(total, 1), spike_layers=len(spike_names), layer_flip_rates=layer_flip_rates,
+        spike_flip_rate=flips / total if total else None, spike_layers=len(spike_names),
+        layer_flip_rates=layer_flip_rates,
         hint=hint,
         reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(trace.prediction),
         min_agreement=default_agreement if min_agreement is None else min_agreement,
@@ -146,7 +167,7 @@ def fp32_hint(model: SpikingModel, layer_flip_rates: dict[str, float], manifest:
     weighted, half = set(weighted_layers(model)), set(fp16_layers(model, manifest.fp32_layers))
     for neuron, rate in layer_flip_rates.items():
         before = [n for n in names[: names.index(neuron)] if n in weighted] if neuron in names else []
-        if rate > 0 and before and before[-1] in half:
+        if rate > HINT_MIN_FLIP_RATE and before and before[-1] in half:
             keep = ",".join([*manifest.fp32_layers, before[-1]])
             return (f"flips start at {neuron} ({rate:.1e}), fed by {before[-1]} in FP16: export with "
                     f"--precision fp16 --fp32-layers {keep} to keep it in FP32")

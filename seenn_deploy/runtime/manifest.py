@@ -77,6 +77,7 @@ class Manifest:
     exit: ExitInfo
     precision: str = "fp32"
     fp32_layers: list[str] = field(default_factory=list)  # fp16: weighted layers kept in FP32 besides the default ones
+    fp16_weights: str = "pair"  # fp16: "pair" (hi + lo FP16 weights) or "single" (rounded once)
     max_batch: int = 256
     arch: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +114,7 @@ class Manifest:
                 exit=ExitInfo(**d["exit"]),
                 precision=d.get("precision", "fp32"),
                 fp32_layers=list(d.get("fp32_layers", [])),
+                fp16_weights=str(d.get("fp16_weights", "single")),  # bundles from before the field had single
                 max_batch=int(d.get("max_batch", 256)),
                 arch=d.get("arch", ""),
                 provenance=dict(d.get("provenance", {})),

@@ -117,8 +117,9 @@ def test_fp16_bundle_agrees_with_fp32(digits_checkpoint, tmp_path):
     graph = onnx.load(str(tmp_path / "fp16" / "step.onnx"))
     weights = {i.name: i.data_type for i in graph.graph.initializer if i.name.endswith("weight")}
     half = [n for n, t in weights.items() if t == onnx.TensorProto.FLOAT16]
-    # the hidden conv and fc run in FP16; the classifier stays FP32 (and the encoder, in encoder.onnx)
-    assert len(half) == 2 and len(weights) == 3, weights
+    # the hidden conv and fc run in FP16, each with a hi and a lo weight; the classifier stays FP32
+    # (and the encoder, in encoder.onnx)
+    assert len(half) == 4 and len(weights) == 5, weights
     encoder = onnx.load(str(tmp_path / "fp16" / "encoder.onnx"))
     assert all(i.data_type == onnx.TensorProto.FLOAT for i in encoder.graph.initializer)
     from seenn_deploy.data import parse_data_spec

@@ -1,7 +1,11 @@
 """FP16 layout: which layers run in FP16, keeping named ones in FP32, and verify's hint on where flips come from."""
 
+import copy
+import json
+
 import onnx
 import pytest
+import torch
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
@@ -31,10 +35,32 @@ def test_fp32_layers_keeps_the_named_layer_in_fp32(digits_checkpoint, tmp_path):
                                  ExportOptions(precision="fp16", fp32_layers=("body.layers.2",)))
     assert manifest.fp32_layers == ["body.layers.2"] and read_manifest(tmp_path / "b").fp32_layers == ["body.layers.2"]
     half, total = half_weights(tmp_path / "b" / "step.onnx")
-    assert total == 3 and len(half) == 1  # the hidden fc only; the conv and the classifier stay FP32
+    assert total == 4 and len(half) == 2  # the hidden fc's hi and lo; the conv and the classifier stay FP32
     model, config = load_checkpoint(digits_checkpoint)
     assert fp16_layers(model) == ["body.layers.2", "body.layers.7"]
     assert fp16_layers(model, ["body.layers.2"]) == ["body.layers.7"]
+
+
+def test_paired_fp16_weights_keep_the_fp32_weights_and_their_products():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    spikes = (torch.rand(4, 16, 10, 10) < 0.3).float()
+    exact = conv(spikes).double()
+    pair, single = HalfCompute(copy.deepcopy(conv), "pair"), HalfCompute(copy.deepcopy(conv), "single")
+    rounding = (pair.layer.weight.float() - conv.weight).abs().max()
+    assert (pair.layer.weight.float() + pair.low.weight.float() - conv.weight).abs().max() < rounding / 100
+    assert single.low is None and torch.equal(single.layer.weight, conv.weight.half())
+    output_rounding = exact.abs() * 2**-11 + 1e-7  # half an FP16 ulp of the result
+    assert ((pair(spikes).double() - exact).abs() <= output_rounding).all()  # only the output is rounded
+    assert ((single(spikes).double() - exact).abs() > output_rounding).float().mean() > 0.1  # and the weights here
+
+
+def test_single_fp16_weights_round_once(digits_checkpoint, tmp_path):
+    manifest = export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16", fp16_weights="single"))
+    assert manifest.fp16_weights == "single" and read_manifest(tmp_path / "b").fp16_weights == "single"
+    assert [len(h) for h in [half_weights(tmp_path / "b" / "step.onnx")[0]]] == [2]
+    with pytest.raises(UserError, match="--fp16-weights 'triple' is not one of pair, single"):
+        export_checkpoint(digits_checkpoint, tmp_path / "c", ExportOptions(precision="fp16", fp16_weights="triple"))
 
 
 def test_fp32_layers_refuses_unknown_layers_and_fp32_bundles(digits_checkpoint, tmp_path):
@@ -54,21 +80,21 @@ def test_hint_names_the_fp16_layer_where_flips_start(digits_checkpoint, tmp_path
     assert hint.endswith("--fp32-layers body.layers.2 to keep it in FP32")
     manifest.fp32_layers = ["body.layers.2"]  # kept: the next FP16-fed layer that flips is body.layers.8
     assert "--fp32-layers body.layers.2,body.layers.7 " in fp32_hint(model, rates, manifest)
-    rates["body.layers.8"] = 0.0
+    rates["body.layers.8"] = 5e-7  # as often as an FP32 bundle flips: no hint
     assert fp32_hint(model, rates, manifest) is None
 
 
 def test_verify_reports_flips_per_neuron_layer(digits_checkpoint, tmp_path):
     from seenn_deploy.data import Normalisation, parse_data_spec
 
-    manifest = export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16"))
+    manifest = export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16", fp16_weights="single"))
     model, config = load_checkpoint(digits_checkpoint)
     data = parse_data_spec("digits").load("test").subset(200)
     report = verify_bundle(tmp_path / "b", manifest, model, data, Normalisation.from_dict(config.normalisation))
     assert list(report.layer_flip_rates) == ["body.layers.0", "body.layers.4", "body.layers.8"]
     flips = sum(rate * n for rate, n in zip(report.layer_flip_rates.values(), (16 * 64, 32 * 16, 128)))
     assert flips == pytest.approx(report.spike_flip_rate * (16 * 64 + 32 * 16 + 128))
-    assert (report.hint is None) == (report.spike_flip_rate == 0.0)
+    assert report.backend == "ort"
 
 
 def test_cli_passes_fp32_layers_and_refuses_unknown_ones(digits_checkpoint, tmp_path, run_cli):
@@ -80,3 +106,19 @@ def test_cli_passes_fp32_layers_and_refuses_unknown_ones(digits_checkpoint, tmp_
     line = run_cli("export", digits_checkpoint, "--out", tmp_path / "c", "--precision", "fp16",
                    "--fp32-layers", "body.layers.8").error()
     assert "body.layers.8: not a Conv2d or Linear" in line and not (tmp_path / "c").exists()
+
+
+def test_verify_on_torch_runs_real_fp16_arithmetic_without_spikes(digits_checkpoint, tmp_path, run_cli):
+    export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16"))
+    ort_run = run_cli("verify", tmp_path / "b", "--data", "digits", "--samples", "100", "--json", tmp_path / "ort.json")
+    torch_run = run_cli("verify", tmp_path / "b", "--data", "digits", "--samples", "100", "--backend", "torch",
+                        "--json", tmp_path / "torch.json")
+    assert ort_run.code == 0 and torch_run.code == 0, ort_run.out + torch_run.out
+    assert "runs the FP16 layers in FP32" in ort_run.out and "runs the FP16 layers in FP32" not in torch_run.out
+    assert "spikes not compared" in torch_run.out
+    ort_report, torch_report = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ort", "torch"))
+    assert ort_report["backend"] == "ort" and ort_report["spike_flip_rate"] is not None
+    assert torch_report["backend"] == "torch" and torch_report["spike_flip_rate"] is None
+    assert min(torch_report["agreement"]) >= 0.95  # FP16 rounds, but this small net stays close
+    # ORT on the CPU computes the FP16 layers in FP32: its logits differ from the FP16 arithmetic's
+    assert ort_report["max_logit_diff"] != torch_report["max_logit_diff"]

@@ -132,7 +132,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if expected and file_sha256(weights) != expected:
         raise UserError(f"{path} is not the checkpoint {bundle} was exported from (weights hash differs)")
-    model = for_precision(model, manifest.precision, manifest.fp32_layers)
+    model = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
     float_dtype = np.dtype(manifest.input.dtype)
 
     def info(name: str, shape: tuple[int, ...], dtype=float_dtype) -> TensorInfo:
