@@ -30,9 +30,17 @@ def timed(fn) -> float:
 
 
 def paired(numerator, denominator, pairs: int) -> dict:
-    """Median and quartiles of time(numerator) / time(denominator) over back-to-back pairs."""
+    """Median and quartiles of time(numerator) / time(denominator) over back-to-back pairs; the side that
+    runs first alternates, so an order effect (caches, clocks) cancels out."""
     numerator(), denominator()  # warm both
-    ratios = sorted(timed(numerator) / timed(denominator) for _ in range(pairs))
+    ratios = []
+    for i in range(pairs):
+        if i % 2:
+            bottom = timed(denominator)
+            ratios.append(timed(numerator) / bottom)
+        else:
+            top = timed(numerator)
+            ratios.append(top / timed(denominator))
     q1, median, q3 = np.percentile(ratios, [25, 50, 75])
     return {"median": float(median), "q1": float(q1), "q3": float(q3), "pairs": pairs}
 

@@ -239,6 +239,8 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     from seenn_deploy.runtime.manifest import read_manifest
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
 
+    if backend == "torch" and max_flip_rate is not None:
+        raise UserError("--max-flip-rate needs --backend ort: the torch backend does not read spikes out")
     manifest = read_manifest(bundle)
     source = parse_data_spec(data_spec)
     recorded = manifest.provenance.get("checkpoint")
@@ -257,7 +259,8 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
             raise UserError(f"--samples must be >= 1, got {samples}")
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
-                           min_agreement, max_flip_rate, backend=backend)
+                           min_agreement, max_flip_rate, backend=backend, checkpoint=checkpoint,
+                           allow_pickle=allow_pickle)
     click.echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
                f"{report.precision}")
     for t in range(report.timesteps):

@@ -86,7 +86,7 @@ def make_calibrator(trt, cuda, feeds: Iterator[dict[str, np.ndarray]], cache: Pa
                     return None
                 self.batches += 1
                 return [self._upload(name, feed) for name in names]
-            except BaseException as exc:
+            except Exception as exc:  # raised again by the builder after TensorRT returns
                 self.error = exc
                 return None
 
@@ -107,6 +107,9 @@ def make_calibrator(trt, cuda, feeds: Iterator[dict[str, np.ndarray]], cache: Pa
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data) -> None:
+            if self.error is not None or self.batches == 0:  # a table from partial data would be reused as if whole
+                cache.unlink(missing_ok=True)
+                return
             blob = bytes(data)
             write_atomic(cache, lambda tmp: tmp.write_bytes(blob))
 

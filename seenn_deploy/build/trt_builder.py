@@ -41,7 +41,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPT_BATCH = 64
 PURPOSE = "building TensorRT engines"
 GPU_FIX = "building TensorRT engines needs an NVIDIA GPU and its driver: build on the machine that will run them"
-QDQ_MARK = b"QuantizeLinear"  # the op type of QuantizeLinear nodes, and a part of DequantizeLinear's
+# A NodeProto's op_type is field 4 (tag 0x22), then the length: these bytes are Q/DQ nodes' op types and not
+# a name, doc string or the manifest in the metadata that happens to contain the words.
+QDQ_MARKS = (b"\x22\x0eQuantizeLinear", b"\x22\x10DequantizeLinear")
 
 # How a plan's network is typed and which precision flags its builder config takes.
 STRONG = "strongly typed"  # precision from the graph; TensorRT 10 and 11
@@ -86,6 +88,8 @@ class BuildPlan:
 
 @dataclass
 class BuiltEngine:
+    """One plan written by `build_engines`, with its record."""
+
     plan: Path
     meta: EngineMeta
     seconds: float  # build time of this plan
@@ -93,7 +97,8 @@ class BuiltEngine:
 
 def graph_has_qdq(path: Path) -> bool:
     """Whether an ONNX graph quantizes explicitly (Quantize/DequantizeLinear nodes), read without the onnx package."""
-    return QDQ_MARK in Path(path).read_bytes()
+    data = Path(path).read_bytes()
+    return any(mark in data for mark in QDQ_MARKS)
 
 
 def plan_build(bundle: Path, options: BuildOptions) -> BuildPlan:
@@ -252,7 +257,7 @@ def _configure(trt, config, plan: BuildPlan, mode: str) -> None:
     options = plan.options
     if options.workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+    if hasattr(trt.BuilderFlag, "TF32"):  # every precision: fp16 bundles keep their threshold-side layers in FP32
         config.clear_flag(trt.BuilderFlag.TF32)
     if mode == WEAK_FP16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -298,7 +303,7 @@ class _Calibration:
         if len(data.x) == 0:
             raise UserError(f"--calib-data {plan.options.calib_data} has no samples in its train split")
         self.plan, self.cuda, self.log, self.data = plan, cuda, log, data
-        self.batch = min(CALIB_BATCH, len(data.x), plan.manifest.max_batch)
+        self.batch = min(CALIB_BATCH, len(data.x), plan.max_batch)
 
     def attach(self, trt, builder, network, config, role: str):
         from seenn_deploy.build.calibration import cache_path, calibration_feeds, make_calibrator

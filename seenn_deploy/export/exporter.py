@@ -17,11 +17,11 @@ from seenn_deploy.data import Normalisation
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.bundle_writer import staged_bundle
 from seenn_deploy.export.precision import FP16_WEIGHTS, for_precision
-from seenn_deploy.export.onnx_export import METADATA_KEY, GraphSpec, check_opset, export_graph
+from seenn_deploy.export.onnx_export import GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
 from seenn_deploy.files import file_sha256
 from seenn_deploy.runtime.manifest import (
-    ACCUMULATIONS, CONFIDENCE, LOGITS, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
+    ACCUMULATIONS, CONFIDENCE, LOGITS, METADATA_KEY, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
     write_manifest,
 )
 from seenn_deploy.snn.model import SpikingModel

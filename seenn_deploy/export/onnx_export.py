@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.lazy import require
-from seenn_deploy.runtime.manifest import METADATA_KEY  # noqa: F401  (re-exported; the runtime reads it)
 
 EXPORTERS = ("dynamo", "torchscript")
 MIN_OPSET, MAX_OPSET = 17, 21

@@ -8,7 +8,7 @@ through them, predictions. Measured on the Fashion-MNIST spiking CNN (10,000 tes
 * with the analog input, membranes and classifier in FP32 and the hidden conv and fc in FP16,
   weights rounded once to FP16 ("single"): 99.88-99.92 % with FP16 arithmetic (torch CPU half
   ops, outputs rounded to FP16); two thirds of the flips come from the rounded weights;
-* the same with each weight stored as a pair of FP16 numbers, hi = fp16(w) and lo = fp16(w - hi),
+* the same with each weight stored as a pair of FP16 numbers, hi = fp16(w) and lo = fp16((w - hi) 2^11),
   two FP16 products summed in FP32 ("pair", the default): 99.95-99.99 %. It doubles the FP16
   work of those layers, which on tensor cores still costs far less than FP32.
 
@@ -47,9 +47,12 @@ FP16_WEIGHTS = ("pair", "single")
 class HalfCompute(nn.Module):
     """Runs `layer` in FP16 between FP32 tensors: x -> half -> layer -> float.
 
-    weights="pair": the FP32 parameters as hi + lo, both FP16 (lo = the rounding error of hi);
-    the two FP16 results are summed in FP32, so the weights keep about 22 bits.
+    weights="pair": the FP32 parameters as hi + lo * 2^-11, both FP16 (lo = hi's rounding error, scaled
+    up by 2^11 so that small weights' errors stay clear of FP16's subnormals); the two FP16 results
+    are summed in FP32, the second scaled back, so the weights keep about 22 bits.
     """
+
+    LOW_SCALE = 2.0**11
 
     def __init__(self, layer: nn.Module, weights: str = "pair") -> None:
         super().__init__()
@@ -59,7 +62,7 @@ class HalfCompute(nn.Module):
             with torch.no_grad():
                 for name, param in layer.named_parameters():
                     high = param.half().float()
-                    getattr(low, name).copy_(param - high)
+                    getattr(low, name).copy_((param - high) * self.LOW_SCALE)
                     param.copy_(high)
             self.low = low.half()
         self.layer = layer.half()
@@ -67,7 +70,7 @@ class HalfCompute(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.half()
         out = self.layer(x).float()
-        return out if self.low is None else out + self.low(x).float()
+        return out if self.low is None else out + self.low(x).float() * (1.0 / self.LOW_SCALE)
 
 
 def _layer_lists(model: nn.Module):

@@ -96,12 +96,13 @@ def cumulative_mean(logits: np.ndarray) -> np.ndarray:
 def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: ArrayDataset,
                   normalisation: Normalisation, batch_size: int = 256, min_agreement: float | None = None,
                   max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None,
-                  backend: str = "ort") -> VerifyReport:
+                  backend: str = "ort", checkpoint: Path | None = None, allow_pickle: bool = False) -> VerifyReport:
     """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`.
 
     backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes included; it runs
     FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the bundle's layout on
-    torch ops, real FP16 arithmetic for an fp16 bundle, without spike readout.
+    torch ops, real FP16 arithmetic for an fp16 bundle, without spike readout; it loads `checkpoint`
+    (default: the one the bundle records).
     """
     steps = manifest.timesteps
     default_agreement, default_flips = TOLERANCES[manifest.precision]
@@ -114,7 +115,7 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         from seenn_deploy.runtime.executors.torch_executor import open_torch_graphs
 
         spike_names = []
-        open_graph = open_torch_graphs(Path(bundle), manifest)
+        open_graph = open_torch_graphs(Path(bundle), manifest, checkpoint, allow_pickle=allow_pickle)
         step, encoder = open_graph("step"), open_graph("encoder") if manifest.has_encoder else None
     else:
         raise UserError(f"--backend {backend!r} is not one of ort, torch")

@@ -159,7 +159,7 @@ class Runtime:
             try:
                 outcomes = scheduler.tick()
             except BaseException as exc:  # a bug in the scheduler: fail what it held, keep serving
-                outcomes = [(r, exc) for r in list(scheduler.pending) + _held(scheduler)]
+                outcomes = [(r, exc) for r in list(scheduler.pending) + scheduler.held()]
                 scheduler.close()
                 scheduler = self._new_scheduler()
             for request, outcome in outcomes:
@@ -195,8 +195,3 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _held(scheduler: Scheduler) -> list[Request]:
-    rows = getattr(scheduler, "rows", [])
-    return [r for r in rows if r is not None]

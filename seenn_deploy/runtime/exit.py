@@ -53,7 +53,7 @@ class Fixed(ExitPolicy):
         return f"fixed:{self.timesteps}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Confidence(ExitPolicy):
     """SEENN-I: stop as soon as the confidence is strictly above alpha, or at T_max."""
 
@@ -66,7 +66,7 @@ class Confidence(ExitPolicy):
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"confidence:A needs 0 <= A <= 1, got {self.alpha}")
-        self.threshold = float(np.float32(self.alpha))
+        object.__setattr__(self, "threshold", float(np.float32(self.alpha)))  # frozen: alpha and threshold agree
 
     def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
         return np.full(len(x), t_max, dtype=np.int64)

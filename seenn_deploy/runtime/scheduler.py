@@ -40,7 +40,7 @@ class Request:
     admitted: float = 0.0  # when it took a batch row
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     """prediction, its confidence, timesteps used; seconds from submission (latency) and from admission (service) to answer."""
 
@@ -87,6 +87,10 @@ class Scheduler:
     def tick(self) -> list[Outcome]:
         """Admit what fits, run one step, return the samples that finished (or failed) in it."""
         raise NotImplementedError
+
+    def held(self) -> list[Request]:
+        """The requests that hold a batch row now (admitted, unanswered)."""
+        return [r for r in getattr(self, "rows", []) if r is not None]
 
     def close(self) -> None:
         """Give back what the scheduler holds on the executor's device."""
@@ -341,34 +345,43 @@ class SerialScheduler(Scheduler):
         self.first = np.ones(1, dtype=np.bool_)
         self.later = np.zeros(1, dtype=np.bool_)
         self.carry = [(s.name, s.output) for s in self.manifest.states]  # state input <- its output
+        self.current: Request | None = None  # the sample inside tick(), for held() if tick() is interrupted
 
     @property
     def active(self) -> int:
         return 0  # a sample never stays between ticks
 
+    def held(self) -> list[Request]:
+        return [self.current] if self.current is not None else []
+
     def tick(self) -> list[Outcome]:
         if not self.pending:
             return []
-        request = self.pending.popleft()
+        request = self.current = self.pending.popleft()
         admitted = self._admit([request])
         if isinstance(admitted, list):
+            self.current = None
             return admitted
-        inputs, budgets = admitted
+        try:
+            outcome = self._run_to_exit(request, *admitted)
+        except Exception as exc:  # the step, or the exit policy on this sample's outputs
+            outcome = exc
+        self.current = None
+        return [(request, outcome)]
+
+    def _run_to_exit(self, request: Request, inputs: np.ndarray, budgets: np.ndarray) -> Result:
         # One feed dict per sample, updated in place: at batch 1 the dict building costs what a step's tail does.
         feeds = {X: inputs[:, 0] if self.event else inputs, RESET: self.first, **self._fresh_states(1)}
         run, exits, budget, steps = self.step_executor.run, self.exit.exits, int(budgets[0]), 0
         while True:
             self.steps_run += 1
-            try:
-                out = run(feeds, check=self.steps_run == 1)
-            except Exception as exc:
-                return [(request, exc)]
+            out = run(feeds, check=self.steps_run == 1)
             steps += 1
             confidence = float(out[CONFIDENCE][0])
             if exits(confidence, steps, budget):  # Python scalars: the policies' array code, without array overhead
                 now = time.perf_counter()
-                return [(request, Result(int(out[PREDICTION][0]), confidence, steps, now - request.submitted,
-                                         now - request.admitted))]
+                return Result(int(out[PREDICTION][0]), confidence, steps, now - request.submitted,
+                              now - request.admitted)
             for name, output in self.carry:
                 feeds[name] = out[output]
             feeds[RESET] = self.later

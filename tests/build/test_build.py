@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +18,7 @@ import pytest
 
 from seenn_deploy.build import BuildOptions, build_engines, network_mode
 from seenn_deploy.build.calibration import calibration_feeds
-from seenn_deploy.build.trt_builder import CALIBRATED_INT8, STRONG, WEAK_FP16
+from seenn_deploy.build.trt_builder import CALIBRATED_INT8, STRONG, WEAK_FP16, graph_has_qdq
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.errors import UserError
 from seenn_deploy.files import file_sha256
@@ -306,7 +307,7 @@ def test_fp16_from_fp32_on_tensorrt_10_is_weakly_typed(bundle, fake_build):
     logged = []
     (engine, _) = build_engines(bundle, BuildOptions(precision="fp16"), logged.append)
     network, config = trt.built[0]
-    assert network.flags == 0 and config.flags == {"FP16"} and config.cleared == set()
+    assert network.flags == 0 and config.flags == {"FP16"} and config.cleared == {"TF32"}
     assert engine.plan.name.startswith("step.fp16.") and engine.meta.build["network"] == WEAK_FP16
     assert any("weakly typed" in line for line in logged)
 
@@ -345,6 +346,40 @@ def test_int8_calibrates_every_graph_on_tensorrt_10_and_caches_the_table(bundle,
     with pytest.raises(UserError, match="removed implicit INT8"):
         fake_build("11.0.1")
         build_engines(bundle, BuildOptions(precision="int8", calib_data="digits"), quiet)
+
+
+def test_a_calibration_that_fails_midway_leaves_no_table(bundle, fake_build, monkeypatch):
+    import seenn_deploy.build.calibration as calibration
+
+    feeds = calibration.calibration_feeds
+
+    def failing(*args, **kwargs):
+        source = feeds(*args, **kwargs)
+        yield next(source)
+        raise RuntimeError("the data went away")
+
+    monkeypatch.setattr(calibration, "calibration_feeds", failing)
+    fake_build("10.3.0")
+    with pytest.raises(RuntimeError, match="the data went away"):
+        build_engines(bundle, BuildOptions(precision="int8", calib_data="digits", max_batch=64), quiet)
+    assert list((bundle / ENGINES_DIR).glob("*.calib")) == [] if (bundle / ENGINES_DIR).exists() else True
+
+
+def test_qdq_is_read_from_op_types_not_from_names(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def graph(op: str, name: str) -> Path:
+        nodes = [helper.make_node(op, ["x", "s", "z"] if "Linear" in op else ["x"], ["y"], name=name)]
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "s")]
+        z = [helper.make_tensor_value_info("z", TensorProto.INT8, [1])] if "Linear" in op else []
+        model = helper.make_model(helper.make_graph(nodes, "g", inputs + z, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+        path = tmp_path / f"{op}-{name}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    assert graph_has_qdq(graph("QuantizeLinear", "q")) and graph_has_qdq(graph("DequantizeLinear", "dq"))
+    assert not graph_has_qdq(graph("Relu", "QuantizeLinear_like_name"))
 
 
 def test_calibration_feeds_follow_the_step_loop(digits_bundle):

@@ -11,10 +11,10 @@ import torch
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.exporter import ExportOptions, ExportSource, export_bundle, export_checkpoint
-from seenn_deploy.export.onnx_export import FORBIDDEN_OPS, METADATA_KEY
+from seenn_deploy.export.onnx_export import FORBIDDEN_OPS
 from seenn_deploy.runtime.executors.ort import OrtExecutor
 from seenn_deploy.runtime.loop import open_bundle_graphs, run_timesteps
-from seenn_deploy.runtime.manifest import read_manifest
+from seenn_deploy.runtime.manifest import METADATA_KEY, read_manifest
 from seenn_deploy.snn.zoo import create_model, list_models
 from seenn_deploy.train.trainer import TrainConfig, train
 

@@ -31,8 +31,9 @@ def events():
     return (np.random.default_rng(0).random((60, T, 2, 8, 8)) < 0.3).astype(np.float32)
 
 
-@pytest.mark.parametrize("mode, batch", [("slots", 1), ("compact", 1), ("slots", 5), ("compact", 5), ("naive", 5)])
-def test_event_results_equal_the_offline_trace(event_bundle, events, mode, batch):
+@pytest.mark.parametrize("mode, batch, device_states", [("slots", 1, None), ("slots", 1, True), ("slots", 5, None),
+                                                        ("slots", 5, True), ("compact", 5, None), ("naive", 5, None)])
+def test_event_results_equal_the_offline_trace(event_bundle, events, mode, batch, device_states):
     manifest = read_manifest(event_bundle)
     assert manifest.input.kind == "event" and not manifest.has_encoder
     step, _ = open_bundle_graphs(event_bundle, manifest)
@@ -41,7 +42,8 @@ def test_event_results_equal_the_offline_trace(event_bundle, events, mode, batch
     above = trace.confidence > alpha
     exit_t = np.where(above.any(0), above.argmax(0) + 1, T)
     assert 1 < exit_t.mean() < T
-    with Runtime.from_bundle(event_bundle, exit=Confidence(alpha), mode=mode, batch=batch) as runtime:
+    with Runtime.from_bundle(event_bundle, exit=Confidence(alpha), mode=mode, batch=batch,
+                             device_states=device_states) as runtime:
         results = runtime.infer(events)
     cols = np.arange(len(events))
     assert [r.timesteps for r in results] == exit_t.tolist()

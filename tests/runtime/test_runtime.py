@@ -132,6 +132,26 @@ def test_a_failing_step_fails_only_the_requests_in_flight(digits_bundle, digits,
             assert f.result().timesteps == exit_t[i]
 
 
+class ExitThatFailsOnce(Confidence):
+    """Confidence(ALPHA) whose decision raises on its first call: a bug in a user's exit policy."""
+
+    def exits(self, confidence, steps, budget):
+        if not getattr(self, "failed", False):
+            object.__setattr__(self, "failed", True)
+            raise ValueError("policy bug")
+        return super().exits(confidence, steps, budget)
+
+
+def test_a_policy_that_raises_at_batch_1_fails_that_sample_only(digits_bundle, digits, offline):
+    manifest = read_manifest(digits_bundle)
+    step, encoder = open_bundle_graphs(digits_bundle, manifest)
+    runtime = Runtime(manifest, step, encoder, ExitThatFailsOnce(ALPHA), mode="slots", batch=1)
+    futures = [runtime.submit(x) for x in digits.x[:20]]
+    runtime.close()
+    assert isinstance(futures[0].exception(timeout=10), ValueError)
+    assert [f.result(timeout=10).timesteps for f in futures[1:]] == offline[0][1:20].tolist()
+
+
 def test_close_answers_everything_submitted_and_refuses_more(digits_bundle, digits):
     runtime = Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), batch=4)
     futures = [runtime.submit(x) for x in digits.x[:200]]
