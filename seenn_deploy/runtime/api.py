@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Sequence
@@ -111,7 +112,8 @@ class Runtime:
         """Results for samples x [N, ...] in order; raises the first failure after all samples ran."""
         prepared = self.prepare(x)
         scheduler = self._new_scheduler()
-        requests = [Request(sample) for sample in prepared]
+        now = time.perf_counter()  # submitted together
+        requests = [Request(sample, now) for sample in prepared]
         scheduler.add(requests)
         answers: dict[int, Result | BaseException] = {}
         try:
