@@ -224,7 +224,7 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
 @click.option("--max-flip-rate", type=float, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
               help="ort: the ONNX graphs (CPU provider; it runs FP16 layers in FP32, outputs unrounded). "
-                   "torch: the bundle's layout on torch ops, real FP16 arithmetic, no spike readout.")
+                   "torch: the bundle's layout on torch ops, real FP16 arithmetic.")
 @allow_pickle_option
 @json_option
 def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, backend, allow_pickle,
@@ -239,8 +239,6 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     from seenn_deploy.runtime.manifest import read_manifest
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
 
-    if backend == "torch" and max_flip_rate is not None:
-        raise UserError("--max-flip-rate needs --backend ort: the torch backend does not read spikes out")
     manifest = read_manifest(bundle)
     source = parse_data_spec(data_spec)
     recorded = manifest.provenance.get("checkpoint")
@@ -259,8 +257,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
             raise UserError(f"--samples must be >= 1, got {samples}")
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
-                           min_agreement, max_flip_rate, backend=backend, checkpoint=checkpoint,
-                           allow_pickle=allow_pickle)
+                           min_agreement, max_flip_rate, backend=backend)
     click.echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
                f"{report.precision}")
     for t in range(report.timesteps):
@@ -269,10 +266,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
             acc = f"  accuracy {100 * report.bundle_accuracy[t]:.2f}% (torch {100 * report.reference_accuracy[t]:.2f}%)"
         click.echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
                    f"{report.max_logit_diff[t]:.2e}{acc}")
-    if report.spike_flip_rate is None:
-        click.echo("  spikes not compared (the torch backend does not read them out)")
-    else:
-        click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
+    click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
     if report.spike_flip_rate:
         click.echo("  by layer: " + ", ".join(f"{name} {rate:.1e}" for name, rate in report.layer_flip_rates.items()))
     if report.hint:

@@ -38,7 +38,7 @@ class VerifyReport:
     backend: str  # what ran the bundle: "ort" (the ONNX graphs, CPU provider) or "torch" (its layout on torch ops)
     agreement: list[float]  # per t: share of samples whose prediction matches the reference
     max_logit_diff: list[float]  # per t: max |logit difference| (accumulated-mean logits)
-    spike_flip_rate: float | None  # mismatched spike elements / all spike elements, over layers and t (ort only)
+    spike_flip_rate: float  # mismatched spike elements / all spike elements, over layers and t
     spike_layers: int
     layer_flip_rates: dict[str, float]  # per neuron layer (the model's module name), in module order
     reference_accuracy: list[float] | None
@@ -49,8 +49,7 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        flips_ok = self.spike_flip_rate is None or self.spike_flip_rate <= self.max_flip_rate
-        return min(self.agreement) >= self.min_agreement and flips_ok
+        return min(self.agreement) >= self.min_agreement and self.spike_flip_rate <= self.max_flip_rate
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -96,43 +95,48 @@ def cumulative_mean(logits: np.ndarray) -> np.ndarray:
 def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: ArrayDataset,
                   normalisation: Normalisation, batch_size: int = 256, min_agreement: float | None = None,
                   max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None,
-                  backend: str = "ort", checkpoint: Path | None = None, allow_pickle: bool = False) -> VerifyReport:
+                  backend: str = "ort") -> VerifyReport:
     """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`.
 
-    backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes included; it runs
-    FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the bundle's layout on
-    torch ops, real FP16 arithmetic for an fp16 bundle, without spike readout; it loads `checkpoint`
-    (default: the one the bundle records).
+    backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes read from the step
+    graph; it runs FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the
+    bundle's layout (precision, FP32 layers, FP16 weights) on torch ops, multi-step, spikes
+    from its neurons: real FP16 arithmetic for an fp16 bundle.
     """
     steps = manifest.timesteps
     default_agreement, default_flips = TOLERANCES[manifest.precision]
-    step_path = Path(bundle) / manifest.graphs["step"]
+    ref_logits, ref_spikes = reference_trace(model.float().eval(), data.x, normalisation, steps, batch_size)
     if backend == "ort":
+        step_path = Path(bundle) / manifest.graphs["step"]
         spike_names = spike_tensor_names(step_path)
+        if len(ref_spikes) != len(spike_names):
+            raise UserError(f"the step graph has {len(spike_names)} spike tensors but the model {len(ref_spikes)} "
+                            "neuron layers: the bundle does not come from this model")
         step = OrtExecutor(with_outputs(step_path, spike_names), label=manifest.graphs["step"])
         encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"]) if manifest.has_encoder else None
+        trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, tuple(spike_names), progress)
+        logits, prediction = trace.logits, trace.prediction
+        spikes = {layer: (name, trace.extra[name]) for name, layer in zip(spike_names, ref_spikes)}
     elif backend == "torch":
-        from seenn_deploy.runtime.executors.torch_executor import open_torch_graphs
+        from seenn_deploy.export.precision import for_precision
 
-        spike_names = []
-        open_graph = open_torch_graphs(Path(bundle), manifest, checkpoint, allow_pickle=allow_pickle)
-        step, encoder = open_graph("step"), open_graph("encoder") if manifest.has_encoder else None
+        laid_out = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
+        logits, layer_spikes = reference_trace(laid_out, data.x, normalisation, steps, batch_size)
+        prediction = cumulative_mean(logits).argmax(-1)
+        spikes = {layer: (layer, got) for layer, got in layer_spikes.items()}
+        if progress is not None:
+            progress(len(data))
     else:
         raise UserError(f"--backend {backend!r} is not one of ort, torch")
-    trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, tuple(spike_names), progress)
-    ref_logits, ref_spikes = reference_trace(model.float().eval(), data.x, normalisation, steps, batch_size)
-    if spike_names and len(ref_spikes) != len(spike_names):
-        raise UserError(f"the step graph has {len(spike_names)} spike tensors but the model {len(ref_spikes)} "
-                        "neuron layers: the bundle does not come from this model")
     ref_mean = cumulative_mean(ref_logits)
     ref_pred = ref_mean.argmax(-1)
-    bundle_mean = cumulative_mean(trace.logits.astype(np.float64))
-    agreement = (trace.prediction == ref_pred).mean(axis=1)
+    bundle_mean = cumulative_mean(logits.astype(np.float64))
+    agreement = (prediction == ref_pred).mean(axis=1)
     max_diff = np.abs(bundle_mean - ref_mean).max(axis=(1, 2))
     flips = total = 0
     layer_flip_rates = {}
-    for name, (layer, ref) in zip(spike_names, ref_spikes.items()):
-        got = trace.extra[name]
+    for layer, ref in ref_spikes.items():
+        name, got = spikes[layer]
         if got.shape != ref.shape:
             raise UserError(f"spike tensor {name} is {list(got.shape)} in the graph and {list(ref.shape)} in the model: "
                             "the bundle does not come from this model")
@@ -149,10 +153,10 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
     return VerifyReport(
         samples=len(data), timesteps=steps, precision=manifest.precision, backend=backend,
         agreement=[float(a) for a in agreement], max_logit_diff=[float(d) for d in max_diff],
-        spike_flip_rate=flips / total if total else None, spike_layers=len(spike_names),
+        spike_flip_rate=flips / max(total, 1), spike_layers=len(ref_spikes),
         layer_flip_rates=layer_flip_rates,
         hint=hint,
-        reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(trace.prediction),
+        reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(prediction),
         min_agreement=default_agreement if min_agreement is None else min_agreement,
         max_flip_rate=default_flips if max_flip_rate is None else max_flip_rate,
     )

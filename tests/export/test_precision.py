@@ -109,18 +109,19 @@ def test_cli_passes_fp32_layers_and_refuses_unknown_ones(digits_checkpoint, tmp_
     assert "body.layers.8: not a Conv2d or Linear" in line and not (tmp_path / "c").exists()
 
 
-def test_verify_on_torch_runs_real_fp16_arithmetic_without_spikes(digits_checkpoint, tmp_path, run_cli):
+def test_verify_on_torch_runs_real_fp16_arithmetic(digits_checkpoint, tmp_path, run_cli):
     export_checkpoint(digits_checkpoint, tmp_path / "b", ExportOptions(precision="fp16"))
     ort_run = run_cli("verify", tmp_path / "b", "--data", "digits", "--samples", "100", "--json", tmp_path / "ort.json")
     torch_run = run_cli("verify", tmp_path / "b", "--data", "digits", "--samples", "100", "--backend", "torch",
                         "--json", tmp_path / "torch.json")
     assert ort_run.code == 0 and torch_run.code == 0, ort_run.out + torch_run.out
     assert "runs the FP16 layers in FP32" in ort_run.out and "runs the FP16 layers in FP32" not in torch_run.out
-    assert "spikes not compared" in torch_run.out
     ort_report, torch_report = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ort", "torch"))
-    assert ort_report["backend"] == "ort" and ort_report["spike_flip_rate"] is not None
-    assert torch_report["backend"] == "torch" and torch_report["spike_flip_rate"] is None
+    assert ort_report["backend"] == "ort" and torch_report["backend"] == "torch"
+    assert list(torch_report["layer_flip_rates"]) == ["body.layers.0", "body.layers.4", "body.layers.8"]
     assert min(torch_report["agreement"]) >= 0.95  # FP16 rounds, but this small net stays close
+    # FP16 outputs round on torch and not on ORT's CPU provider, so more spikes flip there
+    assert torch_report["spike_flip_rate"] > ort_report["spike_flip_rate"]
 
 
 def test_the_torch_backend_runs_the_fp16_layers_in_half_precision(digits_checkpoint, tmp_path):
