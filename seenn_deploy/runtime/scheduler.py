@@ -10,7 +10,7 @@
 * `SerialScheduler`: batch 1 with the states on the host, where the three modes coincide; one
   sample runs to its exit in one tight loop, so the cost per step is the graph's and little more.
 
-All three give every sample exactly the same result it gets alone: rows never interact.
+All four give every sample exactly the same result it gets alone: rows never interact.
 """
 
 from __future__ import annotations
