@@ -115,7 +115,7 @@ class TorchDeviceStates(DeviceStates):
 
 
 def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None = None,
-                      device: str = "cpu", cuda_graphs: bool = False, allow_pickle: bool = False) -> Callable[[str], Executor]:
+                      device: str = "cpu", cuda_graphs: bool = False) -> Callable[[str], Executor]:
     """A factory role -> TorchExecutor for the bundle's step, encoder and policy graphs, from the checkpoint the
     bundle records (or `checkpoint`, which must have the same weights)."""
     require("torch", "the torch backend")
@@ -128,7 +128,7 @@ def open_torch_graphs(bundle: Path, manifest: Manifest, checkpoint: Path | None 
     path = Path(checkpoint or recorded or "")
     if not recorded and checkpoint is None:
         raise UserError(f"{bundle} records no source checkpoint: the torch backend needs checkpoint=...")
-    model, config = load_checkpoint(path, allow_pickle=allow_pickle)
+    model, config = load_checkpoint(path)
     expected = manifest.provenance.get("checkpoint_sha256")
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if expected and file_sha256(weights) != expected:
