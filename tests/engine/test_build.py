@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from seenn_deploy.build import BuildOptions, build_engines, network_mode
-from seenn_deploy.build.calibration import calibration_feeds
-from seenn_deploy.build.trt_builder import CALIBRATED_INT8, STRONG, WEAK_FP16, graph_has_qdq
+from seenn_deploy.engine import BuildOptions, build_engines, network_mode
+from seenn_deploy.engine.calibration import calibration_feeds
+from seenn_deploy.engine.trt_builder import CALIBRATED_INT8, STRONG, WEAK_FP16, graph_has_qdq
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.errors import UserError
 from seenn_deploy.files import file_sha256
@@ -349,7 +349,7 @@ def test_int8_calibrates_every_graph_on_tensorrt_10_and_caches_the_table(bundle,
 
 
 def test_a_calibration_that_fails_midway_leaves_no_table(bundle, fake_build, monkeypatch):
-    import seenn_deploy.build.calibration as calibration
+    import seenn_deploy.engine.calibration as calibration
 
     feeds = calibration.calibration_feeds
 

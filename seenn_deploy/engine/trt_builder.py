@@ -296,7 +296,7 @@ class _Calibration:
     """TensorRT 10's implicit INT8: the --calib-data samples, and a calibrator per graph with its cache."""
 
     def __init__(self, plan: BuildPlan, cuda, log: Callable[[str], None]) -> None:
-        from seenn_deploy.build.calibration import CALIB_BATCH, CALIB_SAMPLES
+        from seenn_deploy.engine.calibration import CALIB_BATCH, CALIB_SAMPLES
         from seenn_deploy.data import parse_data_spec
 
         data = parse_data_spec(plan.options.calib_data).load("train").subset(CALIB_SAMPLES)
@@ -306,7 +306,7 @@ class _Calibration:
         self.batch = min(CALIB_BATCH, len(data.x), plan.max_batch)
 
     def attach(self, trt, builder, network, config, role: str):
-        from seenn_deploy.build.calibration import cache_path, calibration_feeds, make_calibrator
+        from seenn_deploy.engine.calibration import cache_path, calibration_feeds, make_calibrator
 
         plan = self.plan
         cache = cache_path(plan.bundle / ENGINES_DIR, role, file_sha256(plan.onnx(role)), plan.options.calib_data,
