@@ -21,10 +21,10 @@ def digits_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_bundle(digits_checkpoint, tmp_path_factory):
-    from seenn_deploy.export.exporter import export_checkpoint
+    from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("bundle") / "digits.seenn"
-    export_checkpoint(digits_checkpoint, out)
+    export_checkpoint(digits_checkpoint, out, ExportOptions(encoder_split="on"))  # the layout with every graph
     return out
 
 

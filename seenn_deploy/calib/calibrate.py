@@ -1,4 +1,11 @@
-"""`calibrate`: profile a bundle once, sweep every threshold exactly, pick alpha, write it and the report."""
+"""`calibrate`: sweep every (alpha, T_cap) exactly on held-out data, pick a point, score it once on test.
+
+The choice is made on one profile (the validation slice, or --calib-data) and reported on
+another (the test split), so the early-exit figures a user reads are not fitted to the data
+they are measured on. The capped confidence exit holds every Fixed(T) point, so the chosen
+point is never beaten by a fixed budget on the data it was chosen on; on test it is compared
+with every Fixed(T) again, and a fixed budget that beats it there is flagged.
+"""
 
 from __future__ import annotations
 
@@ -11,148 +18,184 @@ from typing import Any
 import numpy as np
 
 from seenn_deploy.calib.metrics import METRICS, aet, empirical_aet
-from seenn_deploy.calib.profile import PROFILE_FILE, TimestepProfile, bundle_fingerprint
+from seenn_deploy.calib.profile import TimestepProfile
 from seenn_deploy.calib.select import for_accuracy_drop, for_timestep_budget
-from seenn_deploy.calib.sweep import SweepPoint, evaluate_alpha, exit_shares, fixed_points, point_dict, sweep
+from seenn_deploy.calib.sweep import SweepPoint, evaluate_alpha, exit_shares, fixed_points, point_dict, sweep_capped
 from seenn_deploy.errors import UserError
 from seenn_deploy.files import write_json_atomic
 from seenn_deploy.runtime.manifest import Manifest, write_manifest
 
-CALIB_DIR = "calib"
+CHOSEN_ON_TEST_WARNING = "the point was chosen on the test split, so its test figures are optimistic"
 
 
 @dataclass
 class Target:
-    """Exactly one of: accuracy drop in percentage points, average-timestep budget, or a given alpha."""
+    """At most one of: accuracy drop in percentage points, average-timestep budget, or a given alpha (and cap)."""
 
     drop: float | None = None
     timesteps: float | None = None
     alpha: float | None = None
+    t_cap: int | None = None
 
-    def check(self) -> None:
+    def check(self, t_max: int | None = None) -> None:
         given = [v is not None for v in (self.drop, self.timesteps, self.alpha)]
         if sum(given) > 1:
             raise UserError("give one of --target-drop, --target-timesteps, --alpha")
-
-    @property
-    def given(self) -> bool:
-        return any(v is not None for v in (self.drop, self.timesteps, self.alpha))
+        if self.alpha is not None and not 0.0 <= self.alpha < 1.0:
+            raise UserError(f"--alpha must be in [0, 1), got {self.alpha} (a confidence never exceeds 1: "
+                            "for no early exit use --alpha with --t-cap, or `run --exit fixed:T`)")
+        if self.t_cap is not None:
+            if self.alpha is None:
+                raise UserError("--t-cap goes with --alpha; targets choose the cap themselves")
+            if self.t_cap < 1 or (t_max is not None and self.t_cap > t_max):
+                raise UserError(f"--t-cap must be in 1..{t_max or 'T_max'}, got {self.t_cap}")
+        if self.drop is not None and not self.drop >= 0:
+            raise UserError(f"--target-drop must be >= 0 percentage points, got {self.drop}")
 
 
 @dataclass
 class CalibrationReport:
+    """What `calibrate` found: the choice set's sweep, the chosen point, and its test figures."""
+
     metric: str
-    samples: int
     timesteps: int
-    sweep_seconds: float
-    fixed: list[dict]
-    aet: float | None
-    empirical_aet: float | None
-    chosen: dict | None
-    exit_shares: list[float] | None
-    pareto: list[dict]
-    table: list[dict]
+    chosen_on: str
+    choice: dict[str, Any]
+    chosen: dict[str, Any] | None
+    test: dict[str, Any] | None
+    warnings: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def table_points(sw, count: int = 12) -> list[SweepPoint]:
-    """A readable subset of the Pareto front: evenly spaced in average timesteps."""
-    front = sw.pareto()
+def set_figures(profile: TimestepProfile) -> dict[str, Any]:
+    """Fixed(T) accuracies and AET of one labelled profile."""
+    correct = profile.correct()
+    return {"data": profile.data, "samples": profile.samples, "fixed": fixed_points(correct),
+            "aet": aet(correct), "empirical_aet": empirical_aet(correct)}
+
+
+def versus_fixed(point: SweepPoint, fixed: list[dict]) -> list[dict]:
+    """How a point stands against each Fixed(T): 'dominates', 'equal', 'dominated' or 'trade-off'."""
+    rows = []
+    for f in fixed:
+        at_least = point.accuracy >= f["accuracy"] and point.avg_timesteps <= f["timesteps"]
+        at_most = point.accuracy <= f["accuracy"] and point.avg_timesteps >= f["timesteps"]
+        verdict = "equal" if at_least and at_most else "dominates" if at_least else "dominated" if at_most else "trade-off"
+        rows.append({"timesteps": f["timesteps"], "accuracy": f["accuracy"], "verdict": verdict})
+    return rows
+
+
+def table_points(front: list[SweepPoint], count: int = 12) -> list[SweepPoint]:
+    """A readable subset of a Pareto front: evenly spaced along it."""
     if len(front) <= count:
         return front
     picks = np.linspace(0, len(front) - 1, count).round().astype(int)
     return [front[i] for i in sorted(set(picks.tolist()))]
 
 
-def analyse(profile: TimestepProfile, metric: str, target: Target) -> tuple[CalibrationReport, SweepPoint | None]:
-    """The sweep and the figures of the report; the chosen point when a target is given."""
+def choose(profile: TimestepProfile, metric: str, target: Target) -> tuple[dict[str, Any], SweepPoint | None]:
+    """The exact (alpha, T_cap) sweep of the choice profile and the point the target picks (None: no target)."""
+    scores, correct = profile.scores[metric], profile.correct()
+    started = time.perf_counter()
+    sw = sweep_capped(scores, correct)
+    seconds = time.perf_counter() - started
+    front = sw.pareto()
+    seenn_front = _pareto([sw.point(i) for i in np.flatnonzero(sw.caps == profile.timesteps)])
+    chosen = None
+    if target.drop is not None:
+        chosen = for_accuracy_drop(sw, float(correct[-1].mean()), target.drop)
+    elif target.timesteps is not None:
+        chosen = for_timestep_budget(sw, target.timesteps)
+    elif target.alpha is not None:
+        chosen = evaluate_alpha(scores, correct, target.alpha, target.t_cap)
+    t_max = profile.timesteps
+    figures = set_figures(profile) | {
+        "sweep_seconds": seconds, "points": len(sw.alphas),
+        "front": [point_dict(p, t_max) for p in front],
+        "seenn_front": [point_dict(p, t_max) for p in seenn_front],
+        "front_uses_cap": any(p.t_cap < profile.timesteps for p in front),
+        "table": [point_dict(p, t_max) | {"exit_shares": exit_shares(scores, p.alpha, p.t_cap)} for p in table_points(front)],
+    }
+    return figures, chosen
+
+
+def _pareto(points: list[SweepPoint]) -> list[SweepPoint]:
+    front, best = [], -np.inf
+    for p in sorted(points, key=lambda p: (p.avg_timesteps, -p.accuracy)):
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def analyse(choice: TimestepProfile, test: TimestepProfile | None, metric: str, target: Target,
+            chosen_on: str) -> tuple[CalibrationReport, SweepPoint | None]:
+    """Choose on `choice`, score the chosen point and every Fixed(T) on `test`."""
     if metric not in METRICS:
         raise UserError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
-    target.check()
-    scores = profile.scores[metric]
-    has_labels = profile.labels is not None
-    if not has_labels and (target.drop is not None or target.timesteps is not None):
-        raise UserError(f"{profile.data} has no labels: --target-drop and --target-timesteps need labelled data "
-                        "(give --alpha, or data with labels)")
-    chosen = None
-    if has_labels:
-        correct = profile.correct()
-        started = time.perf_counter()
-        sw = sweep(scores, correct)
-        seconds = time.perf_counter() - started
-        full = float(correct[-1].mean())
-        if target.drop is not None:
-            chosen = for_accuracy_drop(sw, full, target.drop)
-        elif target.timesteps is not None:
-            chosen = for_timestep_budget(sw, target.timesteps)
-        elif target.alpha is not None:
-            chosen = evaluate_alpha(scores, correct, target.alpha)
-        table = [point_dict(p) | {"exit_shares": exit_shares(scores, p.alpha)} for p in table_points(sw)]
-        report = CalibrationReport(
-            metric=metric, samples=profile.samples, timesteps=profile.timesteps, sweep_seconds=seconds,
-            fixed=fixed_points(correct), aet=aet(correct), empirical_aet=empirical_aet(correct),
-            chosen=None if chosen is None else point_dict(chosen),
-            exit_shares=None if chosen is None else exit_shares(scores, chosen.alpha),
-            pareto=[point_dict(p) for p in sw.pareto()], table=table,
-        )
-        return report, chosen
-    if target.alpha is not None:
-        steps = (np.arange(profile.timesteps) + 1)
-        shares = exit_shares(scores, target.alpha)
-        chosen = SweepPoint(target.alpha, float("nan"), float((steps * np.asarray(shares)).sum()))
-    report = CalibrationReport(metric, profile.samples, profile.timesteps, 0.0, [], None, None,
-                               None if chosen is None else point_dict(chosen),
-                               None if chosen is None else exit_shares(scores, target.alpha), [], [])
+    target.check(choice.timesteps)
+    if choice.labels is None:
+        raise UserError(f"{choice.data} has no labels: calibration chooses by accuracy, so it needs labelled data")
+    figures, chosen = choose(choice, metric, target)
+    warnings = [CHOSEN_ON_TEST_WARNING] if chosen_on == "test" else []
+    chosen_dict = None
+    if chosen is not None:
+        chosen_dict = point_dict(chosen, choice.timesteps) | {
+            "exit_shares": exit_shares(choice.scores[metric], chosen.alpha, chosen.t_cap),
+            "vs_fixed": versus_fixed(chosen, figures["fixed"]),
+        }
+    test_dict = None
+    if test is not None:
+        if test.timesteps != choice.timesteps:
+            raise UserError(f"the test profile has {test.timesteps} timesteps and the choice profile {choice.timesteps}: "
+                            "delete the bundle's calib/ folder and calibrate again")
+        if test.labels is None:
+            warnings.append(f"{test.data} has no labels: the choice is not scored on test")
+        else:
+            test_dict = set_figures(test)
+            if chosen is not None:
+                scored = evaluate_alpha(test.scores[metric], test.correct(), chosen.alpha, chosen.t_cap)
+                test_dict["chosen"] = point_dict(scored, test.timesteps) | {
+                    "exit_shares": exit_shares(test.scores[metric], chosen.alpha, chosen.t_cap),
+                    "vs_fixed": versus_fixed(scored, test_dict["fixed"]),
+                }
+                beaten = [v["timesteps"] for v in test_dict["chosen"]["vs_fixed"] if v["verdict"] == "dominated"]
+                if beaten:
+                    warnings.append(f"on test, Fixed({', '.join(map(str, beaten))}) is at least as accurate in no more "
+                                    "timesteps than the chosen point: the choice set and test disagree there")
+    report = CalibrationReport(metric=metric, timesteps=choice.timesteps, chosen_on=chosen_on, choice=figures,
+                               chosen=chosen_dict, test=test_dict, warnings=warnings)
     return report, chosen
 
 
-def write_alpha(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str, data: str) -> None:
-    """Set the bundle's exit to Confidence(alpha), keeping the previous exit settings in the history."""
+def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str, data: str) -> str:
+    """Set the bundle's default exit to the chosen point; the previous exit settings go to the history.
+
+    Returns the --exit spelling of what was written.
+    """
     if metric != "confidence":
         raise UserError("only --metric confidence is written into the bundle (the step graph outputs max softmax); "
                         "the entropy sweep is in the report")
+    info = manifest.exit
     manifest.history.append({
         "changed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "by": "calibrate", "data": data,
-        "previous_exit": {"kind": manifest.exit.kind, "alpha": manifest.exit.alpha},
+        "previous_exit": {"kind": info.kind, "alpha": info.alpha, "t_cap": info.t_cap},
     })
-    manifest.exit.kind = "confidence"
-    manifest.exit.alpha = float(point.alpha)
+    fixed = point.fixed_steps
+    cap = fixed if fixed is not None else point.t_cap
+    info.kind = "fixed" if fixed is not None else "confidence"
+    info.t_cap = None if cap >= manifest.timesteps else cap
+    if fixed is None:
+        info.alpha = float(point.alpha)
     write_manifest(bundle, manifest)
+    return point.spelling(manifest.timesteps)
 
 
-def load_profile(bundle: Path, manifest: Manifest, path: Path | None = None) -> TimestepProfile:
-    """The stored profile, refused if it was made for another bundle."""
-    path = path or Path(bundle) / CALIB_DIR / PROFILE_FILE
-    if not path.is_file():
-        raise UserError(f"no timestep profile at {path}: run calibrate with --data first")
-    profile = TimestepProfile.load(path)
-    profile.check_bundle(bundle_fingerprint(bundle, manifest), path)
-    return profile
-
-
-def write_report(bundle: Path, report: CalibrationReport) -> Path:
-    path = Path(bundle) / CALIB_DIR / f"report_{report.metric}.json"
+def write_report(folder: Path, report: CalibrationReport) -> Path:
+    path = Path(folder) / f"report_{report.metric}.json"
     write_json_atomic(path, report.to_dict())
     return path
-
-
-def make_plots(bundle: Path, profile: TimestepProfile, report: CalibrationReport, chosen: SweepPoint | None) -> list[str]:
-    """The three PNGs in calib/; returns their paths relative to the bundle."""
-    from seenn_deploy.calib import plots
-
-    folder = Path(bundle) / CALIB_DIR
-    scores = profile.scores[report.metric]
-    correct = profile.correct() if profile.labels is not None else None
-    made = []
-    if correct is not None:
-        sw = sweep(scores, correct)
-        plots.plot_curve(folder / "curve.png", sw, report.fixed, report.aet, chosen,
-                         f"{Path(bundle).name}: accuracy vs timesteps ({report.metric})")
-        made.append(f"{CALIB_DIR}/curve.png")
-    plots.plot_exit_composition(folder / "exits.png", scores, np.linspace(0, 1, 201), f"{Path(bundle).name}: exit timestep by alpha ({report.metric})")
-    plots.plot_score_distributions(folder / "scores.png", scores, correct, report.metric)
-    return made + [f"{CALIB_DIR}/exits.png", f"{CALIB_DIR}/scores.png"]

@@ -6,30 +6,40 @@ from pathlib import Path
 
 import numpy as np
 
-from seenn_deploy.calib.sweep import Sweep, SweepPoint, exit_shares
+from seenn_deploy.calib.sweep import exit_shares
+from seenn_deploy.errors import MissingDependency
 from seenn_deploy.plotting import pyplot, save
 
 
-def plot_curve(path: Path, sweep: Sweep, fixed: list[dict], aet: float, chosen: SweepPoint | None, title: str) -> None:
-    """Accuracy against average timesteps: the SEENN-I curve, Fixed(T) points, AET and the chosen alpha."""
+def plot_curve(path: Path, report: dict, title: str) -> None:
+    """Accuracy against average timesteps on the choice set: the capped and plain SEENN-I fronts, Fixed(T),
+    AET and the chosen point; on test, Fixed(T) and the chosen point again (hollow)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    front = sweep.pareto()
-    order = np.argsort(sweep.avg_timesteps, kind="stable")
-    ax.plot(sweep.avg_timesteps[order], 100 * sweep.accuracy[order], "-", color="C0", alpha=0.3, linewidth=0.8,
-            label="every alpha")
-    ax.plot([p.avg_timesteps for p in front], [100 * p.accuracy for p in front], "-", color="C0",
-            label="SEENN-I Pareto front")
-    ax.plot([f["timesteps"] for f in fixed], [100 * f["accuracy"] for f in fixed], "s--", color="C1", label="Fixed T")
-    ax.axvline(aet, color="C2", linestyle=":", label=f"AET (oracle) {aet:.2f}")
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
+    choice, chosen, test = report["choice"], report["chosen"], report["test"]
+
+    def xy(points: list[dict], key: str = "avg_timesteps") -> tuple[list[float], list[float]]:
+        return [p[key] for p in points], [100 * p["accuracy"] for p in points]
+
+    ax.plot(*xy(choice["seenn_front"]), "-", color="C0", label="SEENN-I front (T_cap = T_max)")
+    if choice["front_uses_cap"]:
+        ax.plot(*xy(choice["front"]), "-", color="C4", label="capped front (alpha, T_cap)")
+    ax.plot(*xy(choice["fixed"], "timesteps"), "s--", color="C1", label="Fixed T")
+    ax.axvline(choice["aet"], color="C2", linestyle=":", label=f"AET (oracle) {choice['aet']:.2f}")
     if chosen is not None:
-        ax.plot([chosen.avg_timesteps], [100 * chosen.accuracy], "*", color="C3", markersize=14,
-                label=f"alpha {chosen.alpha:.4g}: {100 * chosen.accuracy:.2f}% at {chosen.avg_timesteps:.2f} T")
+        ax.plot([chosen["avg_timesteps"]], [100 * chosen["accuracy"]], "*", color="C3", markersize=14,
+                label=f"{chosen['exit']}: {100 * chosen['accuracy']:.2f}% at {chosen['avg_timesteps']:.2f} T")
+    if test is not None:
+        ax.plot(*xy(test["fixed"], "timesteps"), "s:", color="C1", markerfacecolor="none", label="Fixed T on test")
+        if "chosen" in test:
+            c = test["chosen"]
+            ax.plot([c["avg_timesteps"]], [100 * c["accuracy"]], "*", color="C3", markerfacecolor="none",
+                    markersize=14, label=f"on test: {100 * c['accuracy']:.2f}% at {c['avg_timesteps']:.2f} T")
     ax.set_xlabel("average timesteps")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\nchosen on {choice['data']}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     save(fig, path)
 
 
@@ -68,3 +78,20 @@ def plot_score_distributions(path: Path, scores: np.ndarray, correct: np.ndarray
     if correct is not None:
         axes[0].legend(fontsize=8)
     save(fig, path)
+
+
+def make_plots(folder: Path, name: str, report: dict, scores: np.ndarray, correct: np.ndarray | None,
+               ) -> tuple[list[Path], str | None]:
+    """The three PNGs in `folder`, or none and a note naming the extra when matplotlib is missing."""
+    try:
+        pyplot()
+    except MissingDependency as exc:
+        return [], f"plots skipped: {exc}"
+    metric = report["metric"]
+    curve = Path(folder) / "curve.png"
+    plot_curve(curve, report, f"{name}: accuracy vs timesteps ({metric})")
+    exits = Path(folder) / "exits.png"
+    plot_exit_composition(exits, scores, np.linspace(0, 1, 201), f"{name}: exit timestep by alpha ({metric}, T_cap = T_max)")
+    hist = Path(folder) / "scores.png"
+    plot_score_distributions(hist, scores, correct, metric)
+    return [curve, exits, hist], None

@@ -1,4 +1,4 @@
-"""Picking alpha for a target, from the exact sweep."""
+"""Picking an operating point (alpha, T_cap) for a target, from the exact sweep; ties go to the larger cap."""
 
 from __future__ import annotations
 
@@ -6,15 +6,6 @@ import numpy as np
 
 from seenn_deploy.calib.sweep import Sweep, SweepPoint
 from seenn_deploy.errors import UserError
-
-
-def _finite(point: SweepPoint) -> SweepPoint:
-    """An alpha the runtime can store: scores lie in (0, 1], so -inf acts as 0.0 and +inf as 1.0."""
-    if np.isneginf(point.alpha):
-        return SweepPoint(0.0, point.accuracy, point.avg_timesteps)
-    if np.isposinf(point.alpha):
-        return SweepPoint(1.0, point.accuracy, point.avg_timesteps)
-    return point
 
 
 def for_accuracy_drop(sweep: Sweep, full_accuracy: float, drop_points: float) -> SweepPoint:
@@ -26,9 +17,9 @@ def for_accuracy_drop(sweep: Sweep, full_accuracy: float, drop_points: float) ->
     if len(ok) == 0:
         best = sweep.point(int(np.argmax(sweep.accuracy)))
         raise UserError(f"no alpha keeps accuracy within {drop_points} points of {100 * full_accuracy:.2f}%; the best "
-                        f"reachable is {100 * best.accuracy:.2f}% at alpha {best.alpha:.6g}")
-    i = ok[np.lexsort((-sweep.accuracy[ok], sweep.avg_timesteps[ok]))[0]]
-    return _finite(sweep.point(int(i)))
+                        f"reachable is {100 * best.accuracy:.2f}% with {best.spelling()}")
+    i = ok[np.lexsort((-sweep.caps[ok], -sweep.accuracy[ok], sweep.avg_timesteps[ok]))[0]]
+    return sweep.point(int(i))
 
 
 def for_timestep_budget(sweep: Sweep, budget: float) -> SweepPoint:
@@ -38,5 +29,5 @@ def for_timestep_budget(sweep: Sweep, budget: float) -> SweepPoint:
         least = float(sweep.avg_timesteps.min())
         raise UserError(f"--target-timesteps {budget} cannot be met: the fewest reachable is {least:.3f} "
                         "average timesteps (every sample takes at least one)")
-    i = ok[np.lexsort((sweep.avg_timesteps[ok], -sweep.accuracy[ok]))[0]]
-    return _finite(sweep.point(int(i)))
+    i = ok[np.lexsort((-sweep.caps[ok], sweep.avg_timesteps[ok], -sweep.accuracy[ok]))[0]]
+    return sweep.point(int(i))

@@ -1,82 +1,128 @@
-"""`calibrate`: choose the exit threshold of a bundle."""
+"""`calibrate`: choose the exit of a bundle on held-out data and score it on test."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import emit_json, json_option
-from seenn_deploy.errors import UserError
 
 
 @cli.command("calibrate")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", "data_spec", default=None, metavar="SPEC",
-              help="Profile the bundle on this data (default: reuse the bundle's stored profile).")
-@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
-@click.option("--samples", type=int, default=None, help="Profile the first N samples only.")
-@click.option("--target-drop", type=float, default=None, metavar="PTS",
-              help="Fewest timesteps with accuracy within PTS percentage points of Fixed(T_max).")
-@click.option("--target-timesteps", type=float, default=None, metavar="T", help="Most accurate within T average timesteps.")
-@click.option("--alpha", type=float, default=None, help="Use this alpha and report it.")
+              help="The data set: its test split scores the choice; the bundle's validation slice of it is where the "
+                   "choice is made. Default: the data the bundle's checkpoint was trained on.")
+@click.option("--calib-data", default=None, metavar="SPEC",
+              help="Choose on this data instead of the bundle's validation slice (bundles without one): held-out "
+                   "samples the model was not trained on.")
+@click.option("--calib-split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
+              help="With --calib-data: its split to choose on.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use the first N samples of each set.")
+@click.option("--target-drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
+              help="Fewest average timesteps with accuracy within PTS percentage points of Fixed(T_max).")
+@click.option("--target-timesteps", type=click.FloatRange(min=0), default=None, metavar="T",
+              help="Most accurate within T average timesteps.")
+@click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Use this alpha and report it (0 <= alpha < 1).")
+@click.option("--t-cap", type=click.IntRange(min=1), default=None, help="With --alpha: exit after this many steps at the latest.")
 @click.option("--metric", type=click.Choice(["confidence", "entropy"]), default="confidence", show_default=True)
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--no-test", is_flag=True, help="Do not score the choice on the test split.")
 @click.option("--no-write", is_flag=True, help="Report only; leave the bundle's exit settings as they are.")
-@click.option("--no-plots", is_flag=True)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (they need the `plots` extra).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option
-def calibrate_cmd(bundle, data_spec, split, samples, target_drop, target_timesteps, alpha, metric, backend,
-                  batch_size, no_write, no_plots, json_path) -> None:
-    """Choose the exit threshold alpha: exact sweep, AET, plots; writes alpha into the bundle."""
-    from seenn_deploy.calib.calibrate import (
-        CALIB_DIR, PROFILE_FILE, Target, analyse, load_profile, make_plots, write_alpha, write_report,
-    )
-    from seenn_deploy.calib.profile import profile_bundle
+def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_drop, target_timesteps, alpha, t_cap,
+                  metric, backend, batch_size, no_test, no_write, no_plots, quiet, json_path) -> None:
+    """Choose the exit (alpha, timestep cap) on held-out data by an exact sweep, score it once on test, write it."""
+    from seenn_deploy.calib.calibrate import Target, analyse, write_exit, write_report
+    from seenn_deploy.calib.data_plan import CALIB_DIR, CHOICE_PROFILE, TEST_PROFILE, obtain_profile, plan_data
+    from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
+    from seenn_deploy.runtime.api import Runtime
     from seenn_deploy.runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle)
-    target = Target(target_drop, target_timesteps, alpha)
-    target.check()
-    if data_spec is None:
-        profile = load_profile(bundle, manifest)
-    else:
-        from seenn_deploy.data import parse_data_spec
-        from seenn_deploy.runtime.api import Runtime
+    target = Target(target_drop, target_timesteps, alpha, t_cap)
+    target.check(manifest.timesteps)
+    plan = plan_data(manifest, data_spec, calib_data, calib_split, samples, score_test=not no_test)
+    folder = Path(bundle) / CALIB_DIR
+    folder.mkdir(exist_ok=True)
+    fingerprint = bundle_fingerprint(bundle, manifest)
+    runtime: Runtime | None = None
 
-        data = parse_data_spec(data_spec).load(split)
-        if samples is not None:
-            if samples < 1:
-                raise UserError(f"--samples must be >= 1, got {samples}")
-            data = data.subset(samples)
-        runtime = Runtime.from_bundle(bundle, backend=backend, exit="fixed:1")
-        with runtime:
-            runtime.prepare(data.x[:1])  # shape and dtype check with the runtime's message
-            profile = profile_bundle(bundle, manifest, runtime.step, runtime.encoder, data.x, data.y, data.name, batch_size)
-        (Path(bundle) / CALIB_DIR).mkdir(exist_ok=True)
-        profile.save(Path(bundle) / CALIB_DIR / PROFILE_FILE)
-    report, chosen = analyse(profile, metric, target)
+    def make(data, key):
+        nonlocal runtime
+        if runtime is None:
+            runtime = Runtime.from_bundle(bundle, backend=backend, exit="fixed:1")
+        runtime.prepare(data.x[:1])  # shape and dtype check with the runtime's message
+        with click.progressbar(length=len(data), label=f"profiling {key}", file=sys.stderr,
+                               hidden=quiet) as bar:
+            return profile_bundle(bundle, manifest, runtime.step, runtime.encoder, data.x, data.y, key, batch_size,
+                                  bar.update)
+
+    try:
+        choice = obtain_profile(folder / CHOICE_PROFILE, plan.choice, fingerprint, make)
+        test = obtain_profile(folder / TEST_PROFILE, plan.test, fingerprint, make) if plan.test else None
+    finally:
+        if runtime is not None:
+            runtime.close()
+    report, chosen = analyse(choice, test, metric, target, plan.chosen_on)
     if not no_plots:
-        report.plots = make_plots(bundle, profile, report, chosen)
-    write_report(bundle, report)
-    click.echo(f"{bundle}: {profile.samples} samples of {profile.data}, T_max {profile.timesteps}, metric {metric}")
-    if report.fixed:
-        click.echo("  fixed T:  " + "  ".join(f"T={f['timesteps']}: {100 * f['accuracy']:.2f}%" for f in report.fixed))
-        click.echo(f"  AET {report.aet:.3f}   empirical AET {report.empirical_aet:.3f}   "
-                   f"exact sweep over {len(report.pareto)} Pareto points in {1000 * report.sweep_seconds:.1f} ms")
-        click.echo("  alpha        accuracy  avg T   exits per t")
-        for row in report.table:
-            shares = " ".join(f"{100 * s:5.1f}" for s in row["exit_shares"])
-            alpha_text = "0" if row["alpha"] == float("-inf") else f"{row['alpha']:.6g}"
-            click.echo(f"  {alpha_text:<11}  {100 * row['accuracy']:6.2f}%  {row['avg_timesteps']:5.3f}   {shares}")
+        from seenn_deploy.calib.plots import make_plots
+
+        correct = choice.correct() if choice.labels is not None else None
+        made, note = make_plots(folder, Path(bundle).name, report.to_dict(), choice.scores[metric], correct)
+        report.plots = [str(p.relative_to(bundle)) for p in made]
+        if note:
+            report.warnings.append(note)
+    written = None
+    if chosen is not None and not no_write:
+        written = write_exit(bundle, manifest, chosen, metric, choice.data)
+    write_report(folder, report)
+    _print_report(bundle, report, written)
+    emit_json(json_path, report.to_dict())
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _print_report(bundle: Path, report, written: str | None) -> None:
+    choice, chosen, test = report.choice, report.chosen, report.test
+    click.echo(f"{bundle}: metric {report.metric}, T_max {report.timesteps}")
+    click.echo(f"  chosen on {choice['data']}: {choice['samples']} samples")
+    click.echo("  fixed T:  " + "  ".join(f"T={f['timesteps']}: {_percent(f['accuracy'])}" for f in choice["fixed"]))
+    click.echo(f"  AET {choice['aet']:.3f}   empirical AET {choice['empirical_aet']:.3f}   exact sweep over "
+               f"{choice['points']} (alpha, T_cap) points in {1000 * choice['sweep_seconds']:.1f} ms, "
+               f"{len(choice['front'])} on the Pareto front")
+    click.echo("  exit                      accuracy  avg T   exits per t (%)")
+    for row in choice["table"]:
+        shares = " ".join(f"{100 * s:5.1f}" for s in row["exit_shares"])
+        click.echo(f"  {row['exit']:<24}  {_percent(row['accuracy']):>7}  {row['avg_timesteps']:5.3f}   {shares}")
     if chosen is not None:
-        acc = "" if np.isnan(chosen.accuracy) else f"{100 * chosen.accuracy:.2f}% "
-        click.echo(f"  chosen alpha {chosen.alpha:.6g}: {acc}at {chosen.avg_timesteps:.3f} average timesteps")
-        if not no_write:
-            write_alpha(bundle, manifest, chosen, metric, profile.data)
-            click.echo(f"  written to {bundle}/manifest.json (exit confidence:{chosen.alpha:.6g})")
+        click.echo(f"  chosen {chosen['exit']}: {_percent(chosen['accuracy'])} at {chosen['avg_timesteps']:.3f} average "
+                   f"timesteps ({report.chosen_on})")
+        click.echo("    vs Fixed T: " + ", ".join(f"T={v['timesteps']} {v['verdict']}" for v in chosen["vs_fixed"]))
+    if test is not None:
+        full = test["fixed"][-1]
+        click.echo(f"  on test, {test['data']}: {test['samples']} samples, scored once")
+        click.echo("  fixed T:  " + "  ".join(f"T={f['timesteps']}: {_percent(f['accuracy'])}" for f in test["fixed"]))
+        if "chosen" in test:
+            c = test["chosen"]
+            drop = 100 * (full["accuracy"] - c["accuracy"])
+            click.echo(f"  chosen {chosen['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps, "
+                       f"{drop:.2f} points below Fixed({full['timesteps']}) (on the choice set: {_percent(chosen['accuracy'])} "
+                       f"at {chosen['avg_timesteps']:.3f})")
+    for warning in report.warnings:
+        click.echo(f"  warning: {warning}")
+    if written is not None:
+        click.echo(f"  written to {bundle}/manifest.json (exit {written})")
     for plot in report.plots:
         click.echo(f"  plot: {bundle}/{plot}")
-    emit_json(json_path, report.to_dict())
+    if chosen is None:
+        click.echo("  no target given: --target-drop PTS, --target-timesteps T or --alpha A choose and write an exit")

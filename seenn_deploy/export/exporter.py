@@ -16,6 +16,8 @@ from seenn_deploy import __version__
 from seenn_deploy.data import Normalisation
 from seenn_deploy.errors import UserError
 from seenn_deploy.export.bundle_writer import staged_bundle
+from seenn_deploy.export.encoder_split import MODES as SPLIT_MODES
+from seenn_deploy.export.encoder_split import decide_split
 from seenn_deploy.export.precision import FP16_WEIGHTS, for_precision
 from seenn_deploy.export.onnx_export import GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
@@ -38,7 +40,7 @@ class ExportOptions:
     precision: str = "fp32"
     accumulate: str = "mean"
     temperature: float = 1.0
-    encoder_split: bool = True
+    encoder_split: str = "auto"  # "auto" | "on" | "off" (export/encoder_split.py)
     fp32_layers: tuple[str, ...] = ()  # fp16 only: more layers kept in FP32 (export/precision.py)
     fp16_weights: str = "pair"  # fp16 only: "pair" (hi + lo) or "single" FP16 weights (export/precision.py)
     exporter: str = "dynamo"
@@ -56,6 +58,8 @@ class ExportOptions:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if self.fp32_layers and self.precision != "fp16":
             raise UserError("--fp32-layers applies to --precision fp16 (an fp32 graph has every layer in FP32)")
+        if self.encoder_split not in SPLIT_MODES:
+            raise UserError(f"--encoder-split {self.encoder_split!r} is not one of {', '.join(SPLIT_MODES)}")
         if self.fp16_weights not in FP16_WEIGHTS:
             raise UserError(f"--fp16-weights {self.fp16_weights!r} is not one of {', '.join(FP16_WEIGHTS)}")
 
@@ -96,7 +100,8 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
     dtype = torch.float32  # graph inputs, outputs and states; FP16 lives inside (see export/precision.py)
     model = for_precision(model, options.precision, options.fp32_layers, options.fp16_weights)
-    split = options.encoder_split and not source.event
+    decision = decide_split(model, options.encoder_split, source.event)
+    split = decision.split
     channels = model.input_spec.channels
     norm = source.normalisation or Normalisation(tuple([0.0] * channels), tuple([1.0] * channels))
     sample = torch.zeros(EXAMPLE_BATCH, *model.input_spec.shape, dtype=dtype)
@@ -124,7 +129,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         max_batch=options.max_batch,
         arch=source.arch,
         provenance={**source.provenance, "exporter": f"seenn-deploy {__version__} (torch.onnx, {options.exporter})",
-                    "opset": options.opset, "versions": _versions(),
+                    "opset": options.opset, "versions": _versions(), "encoder_split": decision.to_dict(),
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
     )
     if source.policy is not None:
@@ -164,7 +169,8 @@ def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None
         raise UserError(f"{checkpoint} holds {config.arch}, which is not a spiking model")
     weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
     provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(weights),
-                  "data": config.data, "metrics": config.metrics}
+                  "data": config.data, "metrics": config.metrics,
+                  "validation": getattr(config, "validation", None)}
     policy = load_policy(checkpoint, config) if Path(checkpoint).is_dir() else None
     source = ExportSource(
         model=model, timesteps=config.timesteps, classes=config.classes,

@@ -173,7 +173,7 @@ def export_model(module: nn.Module, sample_input: Tensor, out_dir: Path, *, time
                          readout=readout).cpu()
     adapter = get_adapter(model.framework)
     check_parity(module, model, sample, timesteps, adapter)
-    options = dataclasses.replace(options or ExportOptions(), encoder_split=False)
+    options = dataclasses.replace(options or ExportOptions(), encoder_split="off")
     names = [str(c) for c in classes] if classes is not None else [str(k) for k in range(model.num_classes)]
     cls = type(module)
     provenance = {"foreign": {"framework": model.framework, "framework_version": adapter.version(),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from seenn_deploy.snn.macs import layer_macs
 from seenn_deploy.snn.model import SpikingModel
 
 E_MAC_PJ = 4.6
@@ -57,14 +58,6 @@ class EnergyEstimate:
         return "\n".join(lines)
 
 
-def _macs(layer: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-accumulates per sample of one call: outputs x fan-in."""
-    if isinstance(layer, nn.Conv2d):
-        fan_in = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-        return int(out[0].numel() * fan_in)
-    return int(out.shape[-1] * layer.in_features)
-
-
 @torch.no_grad()
 def estimate_energy(model: SpikingModel, x: torch.Tensor, timesteps: int, avg_timesteps: float | None = None,
                     encoder_runs_once: bool = True, batch_size: int = 256) -> EnergyEstimate:
@@ -76,7 +69,7 @@ def estimate_energy(model: SpikingModel, x: torch.Tensor, timesteps: int, avg_ti
 
     def hook(module, inputs, out):
         entry = stats.setdefault(names[module], [0, 0.0, 0])
-        entry[0] = _macs(module, out)
+        entry[0] = layer_macs(module, out)
         entry[1] += float(inputs[0].double().sum())
         entry[2] += inputs[0].numel()
 

@@ -55,27 +55,37 @@ class Fixed(ExitPolicy):
 
 @dataclass(frozen=True)
 class Confidence(ExitPolicy):
-    """SEENN-I: stop as soon as the confidence is strictly above alpha, or at T_max."""
+    """SEENN-I: stop as soon as the confidence is strictly above alpha, or at the cap (T_max by default).
+
+    With a cap T_cap <= T_max the policy family contains every Fixed(T) point as well as plain
+    SEENN-I (T_cap = T_max), so calibrating over (alpha, T_cap) can only improve on both.
+    """
 
     alpha: float
+    t_cap: int | None = None
     name = "confidence"
     # alpha rounded to float32, the confidence's type: the same comparison for float32 arrays and
     # for Python floats (the batch-1 path), where comparing with alpha itself could differ at a tie
     threshold: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"confidence:A needs 0 <= A <= 1, got {self.alpha}")
+        if not 0.0 <= self.alpha < 1.0:
+            raise UserError(f"confidence:A needs 0 <= A < 1, got {self.alpha} (a confidence never exceeds 1: "
+                            "for no early exit use fixed:T)")
+        if self.t_cap is not None and self.t_cap < 1:
+            raise UserError(f"confidence:A@T needs a cap T >= 1, got {self.t_cap}")
         object.__setattr__(self, "threshold", float(np.float32(self.alpha)))  # frozen: alpha and threshold agree
 
     def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
-        return np.full(len(x), t_max, dtype=np.int64)
+        if self.t_cap is not None and self.t_cap > t_max:
+            raise UserError(f"{self.describe()}: the cap {self.t_cap} exceeds the bundle's T_max {t_max}")
+        return np.full(len(x), t_max if self.t_cap is None else self.t_cap, dtype=np.int64)
 
     def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:
         return (confidence > self.threshold) | (steps >= budget)
 
     def describe(self) -> str:
-        return f"confidence:{self.alpha:g}"
+        return f"confidence:{self.alpha:g}" + ("" if self.t_cap is None else f"@{self.t_cap}")
 
 
 @dataclass
@@ -98,28 +108,43 @@ class Policy(ExitPolicy):
         return f"policy:{','.join(map(str, self.candidates))}"
 
 
+EXIT_SYNTAX = "fixed:T, confidence:ALPHA[@T_CAP], confidence[@T_CAP] (the bundle's alpha) or policy"
+
+
 def parse_exit(text: str | None, manifest: Manifest, policy_executor: Executor | None = None) -> ExitPolicy:
-    """'fixed:T' | 'confidence:A' | 'confidence' (the bundle's calibrated alpha) | 'policy'; None: the bundle's default."""
+    """An exit policy from its spelling (EXIT_SYNTAX); None: the bundle's default.
+
+    'confidence:0.9@3' exits when the confidence passes 0.9 and after 3 steps at the latest;
+    'confidence' takes the bundle's calibrated alpha and cap, 'confidence@3' its alpha with cap 3.
+    """
+    info = manifest.exit
     if text is None:
-        if manifest.exit.kind == "confidence" and manifest.exit.alpha is not None:
-            return Confidence(manifest.exit.alpha)
-        if manifest.exit.kind == "policy" and policy_executor is not None:
-            return Policy(policy_executor, manifest.exit.candidates)
-        return Fixed(manifest.timesteps)
-    kind, _, arg = text.partition(":")
+        if info.kind == "confidence" and info.alpha is not None:
+            return Confidence(info.alpha, info.t_cap)
+        if info.kind == "policy" and policy_executor is not None:
+            return Policy(policy_executor, info.candidates)
+        return Fixed(info.t_cap if info.kind == "fixed" and info.t_cap else manifest.timesteps)
+    kind, _, arg = text.strip().partition(":")
+    kind, at, cap_text = kind.partition("@")
+    if at and kind != "confidence":
+        raise UserError(f"--exit {text!r}: only the confidence exit takes a cap (confidence:ALPHA@T_CAP)")
+    if at and arg:
+        raise UserError(f"--exit {text!r}: write the cap after alpha, confidence:ALPHA@T_CAP")
     try:
         if kind == "fixed":
             return Fixed(int(arg) if arg else manifest.timesteps)
         if kind == "confidence":
-            if arg:
-                return Confidence(float(arg))
-            if manifest.exit.alpha is None:
+            alpha_text, at_arg, cap_arg = arg.partition("@")
+            cap = int(cap_arg or cap_text) if (at or at_arg) else None
+            if alpha_text:
+                return Confidence(float(alpha_text), cap)
+            if info.alpha is None:
                 raise UserError("the bundle has no calibrated alpha: give confidence:ALPHA or run `seenn-deploy calibrate`")
-            return Confidence(manifest.exit.alpha)
+            return Confidence(info.alpha, cap if cap is not None else info.t_cap)
     except ValueError:
-        raise UserError(f"--exit {text!r}: the number after ':' is not valid") from None
-    if kind == "policy":
+        raise UserError(f"--exit {text!r}: a number in it is not valid; use {EXIT_SYNTAX}") from None
+    if kind == "policy" and not arg:
         if policy_executor is None:
             raise UserError("--exit policy needs a bundle with policy.onnx (export a checkpoint that has a policy)")
-        return Policy(policy_executor, manifest.exit.candidates)
-    raise UserError(f"--exit {text!r} is not fixed:T, confidence:ALPHA, confidence or policy")
+        return Policy(policy_executor, info.candidates)
+    raise UserError(f"--exit {text!r} is not one of {EXIT_SYNTAX}")

@@ -24,7 +24,7 @@ def one_graph_bundle(digits_checkpoint, tmp_path_factory):
     from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("one-graph") / "digits.seenn"
-    export_checkpoint(digits_checkpoint, out, ExportOptions(encoder_split=False))
+    export_checkpoint(digits_checkpoint, out, ExportOptions(encoder_split="off"))
     return out
 
 

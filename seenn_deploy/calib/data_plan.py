@@ -1,0 +1,116 @@
+"""Which samples `calibrate` chooses on and which it scores on: never the same, never test by default.
+
+The operating point is chosen on the validation slice the checkpoint's training held out of its
+training split (recorded in the bundle at export), or on `--calib-data` for bundles without one,
+and scored once on the test split. Each profile is stored in the bundle's calib/ folder under
+the description of its samples, so a later run over the same samples reuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from seenn_deploy.calib.profile import TimestepProfile
+from seenn_deploy.data import ArrayDataset, parse_data_spec
+from seenn_deploy.errors import UserError
+from seenn_deploy.runtime.manifest import Manifest
+
+CALIB_DIR = "calib"
+CHOICE_PROFILE = "profile_choice.npz"
+TEST_PROFILE = "profile_test.npz"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A set of samples by description: a data spec and a split ("validation": the recorded slice)."""
+
+    spec: str
+    split: str
+    limit: int | None = None
+    validation: dict | None = None  # the ValidationSlice record, for split "validation"
+
+    def describe(self) -> str:
+        if self.split == "validation":
+            vs = self.validation or {}
+            where = f"{self.spec} validation slice ({100 * float(vs.get('fraction', 0)):g}% of train, seed {vs.get('seed')})"
+        else:
+            where = f"{self.spec} ({self.split})"
+        return where + ("" if self.limit is None else f", first {self.limit}")
+
+    def load(self) -> ArrayDataset:
+        if self.split == "validation":
+            from seenn_deploy.data.validation import ValidationSlice, load_validation
+
+            data = load_validation(ValidationSlice.from_dict({**(self.validation or {}), "data": self.spec},
+                                                             "the bundle's validation record"))
+        else:
+            data = parse_data_spec(self.spec).load(self.split)
+        return data if self.limit is None else data.subset(self.limit)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """choice: where the operating point is chosen; test: where it is scored (None: not scored)."""
+
+    choice: Samples
+    test: Samples | None
+    chosen_on: str  # "validation", "calib-data", or "test" (optimistic: flagged everywhere)
+
+
+def plan_data(manifest: Manifest, data_spec: str | None, calib_data: str | None, calib_split: str,
+              limit: int | None, score_test: bool = True) -> DataPlan:
+    """The two sample sets for a bundle, from the options and what the bundle records."""
+    recorded = manifest.provenance.get("validation") or None
+    trained_on = manifest.provenance.get("data") or None
+    test_spec = data_spec or trained_on
+    if calib_data is not None:
+        choice = Samples(calib_data, calib_split, limit)
+        same = test_spec is not None and _same_data(calib_data, test_spec)
+        chosen_on = "test" if same and calib_split in ("test", "all") else "calib-data"
+    elif recorded is not None:
+        spec = recorded.get("data") or trained_on
+        if data_spec is not None:
+            if _kind(data_spec) != _kind(str(spec)):
+                raise UserError(f"the bundle's validation slice is of {spec}, and --data {data_spec} is another data set: "
+                                "give --calib-data SPEC with held-out rows of it the model was not trained on")
+            spec = data_spec  # the same data set, perhaps at another path
+        choice = Samples(str(spec), "validation", limit, dict(recorded))
+        chosen_on = "validation"
+    else:
+        raise UserError("the bundle records no validation slice (its checkpoint was trained without one, or it is a "
+                        "foreign model): give --calib-data SPEC with held-out data the model was not trained on")
+    test = None
+    if score_test:
+        if test_spec is None:
+            raise UserError("the bundle does not record its data set: give --data SPEC to score the choice on its test "
+                            "split, or --no-test")
+        test = Samples(test_spec, "test", limit)
+    return DataPlan(choice, test, chosen_on)
+
+
+def _kind(spec: str) -> str:
+    return spec.strip().partition(":")[0]
+
+
+def _same_data(a: str, b: str) -> bool:
+    """Whether two specs name the same data set (same kind and resolved path)."""
+    (ka, _, pa), (kb, _, pb) = a.strip().partition(":"), b.strip().partition(":")
+    return ka == kb and (Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve() if pa and pb else pa == pb)
+
+
+def obtain_profile(path: Path, samples: Samples, fingerprint: str,
+                   make: Callable[[ArrayDataset, str], TimestepProfile]) -> TimestepProfile:
+    """The stored profile at `path` when it was made of these samples on this bundle, else `make(data, key)`, stored."""
+    key = samples.describe()
+    if path.is_file():
+        stored = TimestepProfile.load(path)
+        if stored.fingerprint == fingerprint and stored.data == key:
+            return stored
+    data = samples.load()
+    if len(data) == 0:
+        raise UserError(f"{key} holds no samples: nothing to calibrate on")
+    profile = make(data, key)
+    profile.save(path)
+    return profile
