@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from seenn_deploy.calib.profile import TimestepProfile
-from seenn_deploy.data import ArrayDataset, parse_data_spec
+from seenn_deploy.data import ArrayDataset, check_labels, parse_data_spec
+from seenn_deploy.data.validation import ValidationSlice, load_validation
 from seenn_deploy.errors import UserError
 from seenn_deploy.runtime.manifest import Manifest
 
@@ -39,14 +40,14 @@ class Samples:
             where = f"{self.spec} ({self.split})"
         return where + ("" if self.limit is None else f", first {self.limit}")
 
-    def load(self) -> ArrayDataset:
+    def load(self, num_classes: int, classes: list[str], where: str) -> ArrayDataset:
+        """The samples, their labels checked against the bundle's classes."""
         if self.split == "validation":
-            from seenn_deploy.data.validation import ValidationSlice, load_validation
-
             data = load_validation(ValidationSlice.from_dict({**(self.validation or {}), "data": self.spec},
                                                              "the bundle's validation record"))
         else:
             data = parse_data_spec(self.spec).load(self.split)
+        check_labels(data, num_classes, classes, where)
         return data if self.limit is None else data.subset(self.limit)
 
 
@@ -70,13 +71,10 @@ def plan_data(manifest: Manifest, data_spec: str | None, calib_data: str | None,
         same = test_spec is not None and _same_data(calib_data, test_spec)
         chosen_on = "test" if same and calib_split in ("test", "all") else "calib-data"
     elif recorded is not None:
-        spec = recorded.get("data") or trained_on
-        if data_spec is not None:
-            if _kind(data_spec) != _kind(str(spec)):
-                raise UserError(f"the bundle's validation slice is of {spec}, and --data {data_spec} is another data set: "
-                                "give --calib-data SPEC with held-out rows of it the model was not trained on")
-            spec = data_spec  # the same data set, perhaps at another path
-        choice = Samples(str(spec), "validation", limit, dict(recorded))
+        spec = str(recorded.get("data") or trained_on)
+        if data_spec is not None and not _loadable(spec) and _kind(data_spec) == _kind(spec):
+            spec = data_spec  # the recorded path is gone (another folder): the same data set at --data's path
+        choice = Samples(spec, "validation", limit, dict(recorded))
         chosen_on = "validation"
     else:
         raise UserError("the bundle records no validation slice (its checkpoint was trained without one, or it is a "
@@ -90,6 +88,14 @@ def plan_data(manifest: Manifest, data_spec: str | None, calib_data: str | None,
     return DataPlan(choice, test, chosen_on)
 
 
+def _loadable(spec: str) -> bool:
+    try:
+        parse_data_spec(spec)
+    except UserError:
+        return False
+    return True
+
+
 def _kind(spec: str) -> str:
     return spec.strip().partition(":")[0]
 
@@ -100,7 +106,7 @@ def _same_data(a: str, b: str) -> bool:
     return ka == kb and (Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve() if pa and pb else pa == pb)
 
 
-def obtain_profile(path: Path, samples: Samples, fingerprint: str,
+def obtain_profile(path: Path, samples: Samples, fingerprint: str, manifest: Manifest, where: str,
                    make: Callable[[ArrayDataset, str], TimestepProfile]) -> TimestepProfile:
     """The stored profile at `path` when it was made of these samples on this bundle, else `make(data, key)`, stored."""
     key = samples.describe()
@@ -108,9 +114,7 @@ def obtain_profile(path: Path, samples: Samples, fingerprint: str,
         stored = TimestepProfile.load(path)
         if stored.fingerprint == fingerprint and stored.data == key:
             return stored
-    data = samples.load()
-    if len(data) == 0:
-        raise UserError(f"{key} holds no samples: nothing to calibrate on")
+    data = samples.load(manifest.num_classes, manifest.classes, where)
     profile = make(data, key)
     profile.save(path)
     return profile

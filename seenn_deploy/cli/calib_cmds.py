@@ -43,6 +43,7 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
     from seenn_deploy.calib.calibrate import Target, analyse, write_exit, write_report
     from seenn_deploy.calib.data_plan import CALIB_DIR, CHOICE_PROFILE, TEST_PROFILE, obtain_profile, plan_data
     from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
+    from seenn_deploy.data.progress import progress_enabled
     from seenn_deploy.runtime.api import Runtime
     from seenn_deploy.runtime.manifest import read_manifest
 
@@ -65,9 +66,11 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
             return profile_bundle(bundle, manifest, runtime.step, runtime.encoder, data.x, data.y, key, batch_size,
                                   bar.update)
 
+    where = f"bundle {bundle}"
     try:
-        choice = obtain_profile(folder / CHOICE_PROFILE, plan.choice, fingerprint, make)
-        test = obtain_profile(folder / TEST_PROFILE, plan.test, fingerprint, make) if plan.test else None
+        with progress_enabled(not quiet):
+            choice = obtain_profile(folder / CHOICE_PROFILE, plan.choice, fingerprint, manifest, where, make)
+            test = obtain_profile(folder / TEST_PROFILE, plan.test, fingerprint, manifest, where, make) if plan.test else None
     finally:
         if runtime is not None:
             runtime.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,15 +12,18 @@ from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import allow_pickle_option, data_option, emit_json, json_option
 from seenn_deploy.errors import UserError
 
+if TYPE_CHECKING:
+    from seenn_deploy.data import ArrayDataset
+    from seenn_deploy.snn.checkpoint import CheckpointConfig
+
 
 @cli.command("models")
 def models_cmd() -> None:
-    """List the registered model architectures."""
-    from seenn_deploy.snn.zoo import list_models
+    """List the model architectures: kind, accepted input sizes, parameter counts (needs no torch)."""
+    from seenn_deploy.snn.zoo.catalog import CATALOG
 
-    for entry in list_models():
-        kind = "snn" if entry.spiking else "ann"
-        click.echo(f"{entry.name:<16} {kind}  {entry.summary}")
+    for info in CATALOG:
+        click.echo(info.line())
 
 
 @cli.command("train")
@@ -40,11 +45,20 @@ def models_cmd() -> None:
 @click.option("--width", type=int, default=None, help="Width multiplier for archs that take one (resnet20).")
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip, for natural images.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of the train split held out to validate on each epoch (and to calibrate on later); "
+                   "0: none. The test split is never read.")
+@click.option("--val-seed", type=int, default=0, show_default=True, help="Seed of the held-out rows.")
+@click.option("--max-steps", type=int, default=None,
+              help="Stop after N optimizer steps (the cosine schedule ends there); a quick run.")
+@click.option("--train-samples", type=int, default=None,
+              help="Fit on N rows drawn (with --seed) from the training rows; a quick run.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved step.")
+@click.option("--quiet", is_flag=True, help="No progress bars (decode, train, validation).")
 @json_option
 def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_decay, lambda_mse, neuron, tau,
-              threshold, firing, surrogate, surrogate_param, width, augment, seed, resume, quiet, json_path) -> None:
+              threshold, firing, surrogate, surrogate_param, width, augment, seed, val_fraction, val_seed, max_steps,
+              train_samples, resume, quiet, json_path) -> None:
     """Train an SNN with the TET loss and write a checkpoint directory."""
     from seenn_deploy.lazy import require
 
@@ -58,6 +72,7 @@ def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_de
         neuron=NeuronConfig(kind=neuron, tau=tau, v_threshold=threshold, firing=firing, surrogate=surrogate,
                             surrogate_param=surrogate_param),
         model_kwargs={} if width is None else {"width": width}, augment=augment, seed=seed, resume=resume,
+        val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps, train_samples=train_samples,
     )
     history = train(config, log=click.echo, progress=not quiet)
     click.echo(f"checkpoint written to {out}")
@@ -66,34 +81,58 @@ def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_de
 
 @cli.command("evaluate")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_option
-@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Dataset (default: the one the checkpoint was trained on).")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="val: the slice the checkpoint's training held out.")
 @click.option("--timesteps", "-T", type=int, default=None, help="Timesteps to run (default: the checkpoint's).")
 @click.option("--samples", type=int, default=None, help="Evaluate the first N samples only.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @allow_pickle_option
 @json_option
-def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, allow_pickle, json_path) -> None:
+def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, quiet, allow_pickle, json_path) -> None:
     """Per-timestep accuracy of a checkpoint (mean of the first t outputs, t = 1..T)."""
     from seenn_deploy.lazy import require
 
     require("torch", "evaluation")
-    from seenn_deploy.data import Normalisation, parse_data_spec
+    from seenn_deploy.data import Normalisation, check_labels
+    from seenn_deploy.data.progress import progress_enabled
     from seenn_deploy.snn.checkpoint import load_checkpoint
     from seenn_deploy.train.evaluate import timestep_accuracy
 
-    source = parse_data_spec(data_spec)
+    for name, value in (("--samples", samples), ("--timesteps", timesteps), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
     model, config = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
-    data = source.load(split)
-    if samples is not None:
-        if samples < 1:
-            raise UserError(f"--samples must be >= 1, got {samples}")
-        data = data.subset(samples)
-    steps = timesteps or config.timesteps
-    if steps < 1:
-        raise UserError(f"--timesteps must be >= 1, got {steps}")
-    result = timestep_accuracy(model, data, Normalisation.from_dict(config.normalisation), steps, batch_size)
+    with progress_enabled(not quiet):
+        data = _evaluation_data(config, checkpoint, data_spec, split)
+        check_labels(data, len(config.classes), config.classes, f"checkpoint {checkpoint}")
+        if samples is not None:
+            data = data.subset(samples)
+        result = timestep_accuracy(model, data, Normalisation.from_dict(config.normalisation),
+                                   timesteps or config.timesteps, batch_size)
     click.echo(f"{config.arch} on {data.name}, {result.samples} samples")
     for t, acc in enumerate(result.accuracy, start=1):
         click.echo(f"  T={t}: {100 * acc:.2f}%")
-    emit_json(json_path, {"checkpoint": str(checkpoint), "data": data.name, **result.to_dict()})
+    emit_json(json_path, {"checkpoint": str(checkpoint), "data": data.name, "split": split, **result.to_dict()})
+
+
+def _evaluation_data(config: CheckpointConfig, checkpoint: Path, data_spec: str | None, split: str) -> ArrayDataset:
+    """A split of --data (default: the checkpoint's data); for split val, the slice the checkpoint's training held out."""
+    from seenn_deploy.data import load_validation, parse_data_spec
+
+    if split != "val":
+        if not (data_spec or config.data):
+            raise UserError(f"checkpoint {checkpoint} does not record its data set: give --data SPEC")
+        return parse_data_spec(data_spec or config.data).load(split)
+    vs = config.validation_slice(checkpoint)
+    if vs is None:
+        raise UserError(f"checkpoint {checkpoint} held out no validation slice (trained with --val-fraction 0, or "
+                        "elsewhere): evaluate --split test, or retrain with --val-fraction")
+    if data_spec is not None and data_spec != vs.data:
+        if data_spec.partition(":")[0] != vs.data.partition(":")[0]:
+            raise UserError(f"--split val is a slice of {vs.data}, and --data {data_spec} is another data set: "
+                            "leave out --data, or give the same data set")
+        vs = replace(vs, data=data_spec)  # the same data set at another path; its size is checked on load
+    return load_validation(vs)

@@ -13,6 +13,7 @@ SPLITS: tuple[str, ...] = ("train", "test", "all")
 # Single-file sources: "train" is this fraction of a fixed permutation, "test" the rest.
 TRAIN_FRACTION_NUM, TRAIN_FRACTION_DEN = 9, 10
 SPLIT_SEED = 0
+_FINITE_CHUNK = 4096  # rows per np.isfinite pass: bounds the boolean temporary
 
 
 def check_split(split: str, spec: str) -> None:
@@ -86,10 +87,15 @@ class ArrayDataset:
 
     def subset(self, n: int) -> ArrayDataset:
         """The first n samples (all of them when n >= len); views, not copies."""
-        if n < 0:
-            raise UserError(f"cannot take {n} samples of data {self.name!r}: give a count >= 0")
+        if n < 1:
+            raise UserError(f"cannot take {n} samples of data {self.name!r}: give a count >= 1")
         y = None if self.y is None else self.y[:n]
         return ArrayDataset(self.x[:n], y, list(self.classes), self.name)
+
+    def take(self, rows: np.ndarray, name: str) -> ArrayDataset:
+        """The samples at `rows` [M] (a copy), in that order, as data called `name`."""
+        y = None if self.y is None else self.y[rows]
+        return ArrayDataset(self.x[rows], y, list(self.classes), name)
 
     def check_sample_shape(self, expected: tuple[int, ...], what: str = "the model") -> None:
         """Raise UserError unless one sample has shape `expected`.
@@ -106,3 +112,50 @@ class ArrayDataset:
             f"data {self.name!r} has {_dims(got)} {layout} but {what} expects {_dims(expected)}: "
             "pick data of that size or train a model for this data"
         )
+
+
+def check_loaded(data: ArrayDataset, spec: str) -> None:
+    """Refuse a loaded split with no samples, or with NaN/Inf in any sample (they would pass as answers)."""
+    if len(data) == 0:
+        raise UserError(f"data {data.name!r} holds no samples: point {spec!r} at data that has samples "
+                        "in this split, or load another split")
+    flat = data.x.reshape(len(data), -1)
+    bad: list[np.ndarray] = []
+    for start in range(0, len(flat), _FINITE_CHUNK):
+        finite = np.isfinite(flat[start : start + _FINITE_CHUNK]).all(axis=1)
+        if not finite.all():
+            bad.append(start + np.flatnonzero(~finite))
+    if bad:
+        rows = np.concatenate(bad)
+        raise UserError(f"data {data.name!r} has NaN or Inf values in {len(rows)} of {len(data)} samples, the "
+                        f"first at row {int(rows[0])}: clean or drop those samples")
+
+
+def _numbered(classes: list[str]) -> bool:
+    """Whether `classes` are the placeholder names "0", "1", ... of a source that names none."""
+    return list(classes) == [str(i) for i in range(len(classes))]
+
+
+def check_labels(data: ArrayDataset, num_classes: int, classes: list[str] | None, where: str) -> None:
+    """Refuse labels a model with `num_classes` outputs cannot predict, and class names that disagree with its own.
+
+    `where` names the model in messages (e.g. "bundle runs/x.seenn"). Unlabelled data passes.
+    Names are compared index by index when both sides name their classes (not the "0", "1", ...
+    placeholders): data may lack trailing classes, but class i must be the same class on both sides.
+    """
+    if data.y is None:
+        return
+    if len(data.y) and int(data.y.max()) >= num_classes:
+        outside = data.y >= num_classes
+        raise UserError(f"data {data.name!r} has label {int(data.y.max())} ({int(outside.sum())} samples, the first "
+                        f"at row {int(np.argmax(outside))}) but {where} has {num_classes} classes, labels "
+                        f"0..{num_classes - 1}: use data labelled for this model")
+    if not classes or _numbered(data.classes) or _numbered(classes):
+        return
+    if len(data.classes) > len(classes):
+        raise UserError(f"data {data.name!r} has {len(data.classes)} classes but {where} has {len(classes)}: "
+                        "use data with the model's classes (an empty or extra class folder adds a class)")
+    for i, (ours, theirs) in enumerate(zip(data.classes, classes)):
+        if ours != theirs:
+            raise UserError(f"data {data.name!r} has class {i} = {ours!r} but {where} has {theirs!r} there: "
+                            "use data with the model's class names, in the same order")

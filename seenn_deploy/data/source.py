@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from seenn_deploy.data.dataset import ArrayDataset, check_split
+from seenn_deploy.data.dataset import ArrayDataset, check_loaded, check_split
 from seenn_deploy.errors import UserError
 
 
@@ -26,9 +26,11 @@ class DataSource:
         return cls(spec)
 
     def load(self, split: str = "test") -> ArrayDataset:
-        """Read `split` (one of SPLITS) into memory."""
+        """Read `split` (one of SPLITS) into memory; UserError when it holds no samples or NaN/Inf values."""
         check_split(split, self.spec)
-        return self._load(split)
+        data = self._load(split)
+        check_loaded(data, self.spec)
+        return data
 
     def _load(self, split: str) -> ArrayDataset:
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """Checkpoints: a directory with `weights.safetensors` and `config.json`.
 
 config.json records everything later stages need to rebuild and feed the model the same way:
-arch and its kwargs (neurons included), timesteps, input normalisation, class names, metrics.
+arch and its kwargs (neurons included), timesteps, input normalisation, class names, metrics, and
+the validation slice training held out (so calibration chooses on rows the model never fit).
 Pickle weights (`.pt` / `.pth`) load only when the caller allows it, with `weights_only=True`.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seenn_deploy.data.validation import ValidationSlice
 from seenn_deploy.errors import UserError
 from seenn_deploy.files import read_json_object, write_atomic, write_json_atomic
 from seenn_deploy.lazy import require
@@ -41,6 +43,8 @@ class CheckpointConfig:
     training: dict[str, Any] = field(default_factory=dict)
     # SEENN-II: {"arch": ..., "model": {...create_model kwargs}, "candidates": [T_1, ...]}; weights in policy.safetensors
     policy: dict[str, Any] | None = None
+    # The slice of the train split held out by training (seenn_deploy.data.ValidationSlice.to_dict()); None: none
+    validation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
@@ -59,8 +63,14 @@ class CheckpointConfig:
         if missing:
             raise UserError(f"{source} lacks {', '.join(missing)}: re-save the checkpoint with seenn-deploy")
         keys = {"arch", "model", "timesteps", "normalisation", "classes", "data", "input_kind", "metrics", "training",
-                "policy"}
-        return cls(**{k: v for k, v in data.items() if k in keys})
+                "policy", "validation"}
+        config = cls(**{k: v for k, v in data.items() if k in keys})
+        config.validation_slice(source)  # a broken record fails here, not in a later command
+        return config
+
+    def validation_slice(self, source: Path | str = "config.json") -> ValidationSlice | None:
+        """The held-out slice training recorded, or None; `source` names the config in errors."""
+        return None if self.validation is None else ValidationSlice.from_dict(self.validation, str(source))
 
     def build_model(self) -> nn.Module:
         from seenn_deploy.snn.zoo import create_model

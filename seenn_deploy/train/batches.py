@@ -19,10 +19,10 @@ def model_input(x: np.ndarray, normalisation: Normalisation, timesteps: int) -> 
 
 
 def iterate_batches(
-    data: ArrayDataset, batch_size: int, shuffle: bool = False, seed: int = 0
+    data: ArrayDataset, batch_size: int, shuffle: bool = False, seed: int = 0, skip: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(x, y) numpy batches; `shuffle` draws a fresh permutation from `seed`."""
+    """(x, y) numpy batches; `shuffle` draws a fresh permutation from `seed`; the first `skip` batches are left out."""
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
-    for start in range(0, len(data), batch_size):
+    for start in range(skip * batch_size, len(data), batch_size):
         idx = order[start : start + batch_size]
         yield data.x[idx], (data.y[idx] if data.y is not None else None)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from seenn_deploy.data import ArrayDataset, Normalisation
+from seenn_deploy.data.progress import progress_bar
 from seenn_deploy.errors import UserError
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.train.batches import iterate_batches, model_input
@@ -34,24 +35,25 @@ def timestep_accuracy(
     normalisation: Normalisation,
     timesteps: int,
     batch_size: int = 256,
-    progress=None,
+    desc: str = "evaluating",
 ) -> TimestepAccuracy:
-    """Evaluate in eval mode, restoring the model's mode afterwards. `progress(n)` is told each batch size."""
+    """Evaluate in eval mode, restoring the model's mode afterwards; a progress bar `desc` once inputs check out."""
     if data.y is None:
         raise UserError(f"data {data.name} has no labels: accuracy needs labelled data")
     data.check_sample_shape(_expected_shape(model, data, timesteps))
     was_training = model.training
     model.eval()
     correct = np.zeros(timesteps, dtype=np.int64)
+    bar = progress_bar(len(data), desc)
     try:
         for x, y in iterate_batches(data, batch_size):
             out = model(model_input(x, normalisation, timesteps), timesteps=timesteps)
             mean = out.cumsum(0) / torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, 1, 1)
             labels = torch.from_numpy(y).long()
             correct += (mean.argmax(-1) == labels).sum(1).numpy()
-            if progress is not None:
-                progress(len(y))
+            bar.update(len(y))
     finally:
+        bar.close()
         model.train(was_training)
     return TimestepAccuracy([float(c) / len(data) for c in correct], len(data))
 

@@ -1,8 +1,11 @@
-"""Direct SNN training with the TET loss: SGD momentum 0.9, cosine schedule, resumable per epoch.
+"""Direct SNN training with the TET loss: SGD momentum 0.9, cosine schedule over the planned steps, resumable.
 
-The output directory is a checkpoint (weights.safetensors + config.json) from the first finished
-epoch on, plus train_state.* to resume. Every input is checked before the directory is created,
-and every file is replaced atomically, so an interrupted run leaves the last finished epoch.
+The run fits on the train split less a seeded validation slice (`--val-fraction`, recorded in the
+checkpoint so every later command finds the same rows) and validates on that slice after each
+epoch; it never reads the test split. The output directory is a checkpoint (weights.safetensors +
+config.json) from the first finished epoch (or --max-steps stop) on, plus train_state.* to resume.
+Every input is checked before the directory is created, and every file is replaced atomically,
+so an interrupted run leaves the last saved point.
 """
 
 from __future__ import annotations
@@ -15,23 +18,25 @@ from typing import Any, Callable
 
 import torch
 
-from seenn_deploy.data import ArrayDataset, Normalisation, parse_data_spec
+from seenn_deploy.data import ArrayDataset
+from seenn_deploy.data.progress import progress_bar, progress_enabled
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import read_json_object, write_atomic, write_json_atomic
-from seenn_deploy.lazy import require
 from seenn_deploy.snn.checkpoint import CheckpointConfig, save_checkpoint
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.neuron_config import NeuronConfig
 from seenn_deploy.snn.zoo import create_model, get_entry
 from seenn_deploy.train.batches import iterate_batches, model_input
-from seenn_deploy.train.evaluate import timestep_accuracy
+from seenn_deploy.train.evaluate import TimestepAccuracy, timestep_accuracy
 from seenn_deploy.train.tet import tet_loss
+from seenn_deploy.train.train_data import load_training_data
+from seenn_deploy.train.train_state import STATE_JSON, EpochRecord, RunningSums, TrainState, load_state, save_state
 
-STATE_WEIGHTS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 MOMENTUM = 0.9
-# Settings a resumed run must share with the run it continues.
-RESUME_KEYS = ("arch", "data", "timesteps", "epochs", "batch_size", "lr", "weight_decay", "lambda_mse", "neuron", "model_kwargs", "augment", "seed")
+# Settings a resumed run must share with the run it continues (--max-steps may change: a new plan).
+RESUME_KEYS = ("arch", "data", "timesteps", "epochs", "batch_size", "lr", "weight_decay", "lambda_mse", "neuron",
+               "model_kwargs", "augment", "seed", "val_fraction", "val_seed", "train_samples")
+
+__all__ = ["EpochRecord", "TrainConfig", "Trainer", "train"]
 
 
 @dataclass
@@ -50,33 +55,29 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     resume: bool = False
+    val_fraction: float = 0.1  # of the train split, held out to validate on; 0: none
+    val_seed: int = 0
+    max_steps: int | None = None  # stop after this many optimizer steps (the cosine schedule ends there)
+    train_samples: int | None = None  # fit on a seeded subset of this many rows
 
     def check(self) -> None:
-        for name in ("timesteps", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("timesteps", "epochs", "batch_size", "max_steps", "train_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.lambda_mse <= 1.0:
             raise UserError(f"--lambda-mse must be in [0, 1], got {self.lambda_mse}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}: e.g. 0.1 holds out 10 %")
         if not get_entry(self.arch).spiking:
             raise UserError(f"{self.arch} is not a spiking model; `train` trains SNNs with the TET loss")
 
     def settings(self) -> dict[str, Any]:
         d = asdict(self)
         d["neuron"] = self.neuron.to_dict()
-        d["out"] = str(self.out)
         return {k: d[k] for k in RESUME_KEYS}
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    loss: float
-    train_accuracy: float
-    val_accuracy: list[float]
-    lr: float
-    seconds: float
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -98,27 +99,15 @@ class Trainer:
         self.config = config
         self.log = log
         self.progress = progress
-        source = parse_data_spec(config.data)
-        self.train_data: ArrayDataset = source.load("train")
-        self.val_data: ArrayDataset = source.load("test")
-        if self.train_data.y is None:
-            raise UserError(f"data {config.data} has no labels: training needs labelled data")
+        with progress_enabled(progress):
+            self.data = load_training_data(config.data, config.val_fraction, config.val_seed, config.train_samples,
+                                           config.seed)
+        self.train_data: ArrayDataset = self.data.fit
+        self.val_data: ArrayDataset | None = self.data.val
+        self.normalisation = self.data.normalisation
         if self.train_data.event and config.augment:
             raise UserError("--augment works on static images only, and this data is event data")
-        self.normalisation = Normalisation.fit(self.train_data.x)
         shape = self.train_data.sample_shape[-3:]
-        torch.manual_seed(config.seed)  # the initial weights, so a seed reproduces a run
-        model = create_model(
-            config.arch,
-            num_classes=len(self.train_data.classes),
-            in_channels=shape[0],
-            image_size=[shape[1], shape[2]],
-            neuron=config.neuron.to_dict(),
-            **config.model_kwargs,
-        )
-        if not isinstance(model, SpikingModel):
-            raise UserError(f"{config.arch} is not a spiking model")
-        self.model: SpikingModel = model
         self.model_kwargs = {
             "num_classes": len(self.train_data.classes),
             "in_channels": shape[0],
@@ -126,59 +115,50 @@ class Trainer:
             "neuron": config.neuron.to_dict(),
             **config.model_kwargs,
         }
+        torch.manual_seed(config.seed)  # the initial weights, so a seed reproduces a run
+        model = create_model(config.arch, **self.model_kwargs)
+        if not isinstance(model, SpikingModel):
+            raise UserError(f"{config.arch} is not a spiking model")
+        self.model: SpikingModel = model
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay
         )
         self.steps_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
-        self.history: list[EpochRecord] = []
-        self.start_epoch = self._prepare_out_dir()
+        self.planned_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.planned_steps = min(self.planned_steps, config.max_steps)
+        self.state = TrainState(planned_steps=self.planned_steps)
+        self.rng: dict[str, torch.Tensor] = {}
+        self.generator = torch.Generator()
+        self._prepare_out_dir()
+
+    @property
+    def history(self) -> list[EpochRecord]:
+        return self.state.history
 
     # -- output directory and resume -------------------------------------------------------
-    def _prepare_out_dir(self) -> int:
+    def _prepare_out_dir(self) -> None:
         out = Path(self.config.out)
-        state_json = out / STATE_JSON
         if self.config.resume:
-            if not state_json.is_file():
+            if not (out / STATE_JSON).is_file():
                 raise UserError(f"--resume: {out} holds no {STATE_JSON}; start a new run without --resume")
-            return self._load_state(out)
+            self.state, self.rng = load_state(out, self.model, self.optimizer, self.config.settings(),
+                                              self.steps_per_epoch)
+            self.log(f"resuming {out} at step {self.state.step} of {self.planned_steps} "
+                     f"(epoch {self.state.step // self.steps_per_epoch + 1}/{self.config.epochs})")
+            if self.state.planned_steps and self.state.planned_steps != self.planned_steps:
+                self.log(f"the plan changed from {self.state.planned_steps} to {self.planned_steps} steps: the cosine "
+                         f"schedule continues on the new plan (learning rate {self._lr_at(self.state.step):.4g} now)")
+            self.state.planned_steps = self.planned_steps
+            return
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out} exists and is not empty: pass --resume to continue its training, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        return 0
 
-    def _load_state(self, out: Path) -> int:
-        state = read_json_object(out / STATE_JSON, "the training state is corrupt; start a new run")
-        saved = state.get("settings", {})
-        ours = self.config.settings()
-        diff = [f"{k}: {saved.get(k)!r} there, {ours[k]!r} now" for k in RESUME_KEYS if saved.get(k) != ours[k]]
-        if diff:
-            raise UserError(f"--resume: settings differ from the run in {out} ({'; '.join(diff)}); use the same settings or a new --out")
-        st = require("safetensors.torch", "checkpoints")
-        try:
-            tensors = st.load_file(str(out / STATE_WEIGHTS))
-        except Exception as exc:
-            raise UserError(f"{out / STATE_WEIGHTS} is unreadable ({exc}); start a new run") from None
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for i, p in enumerate(params):
-            if f"momentum.{i}" in tensors:
-                self.optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].clone()
-        self.history = [EpochRecord(**r) for r in state["history"]]
-        epoch = int(state["epoch"])
-        self.log(f"resuming {out} after epoch {epoch}/{self.config.epochs}")
-        return epoch
-
-    def _save(self, epoch: int, metrics: dict[str, Any]) -> None:
+    def _save(self, metrics: dict[str, Any]) -> None:
         out = Path(self.config.out)
-        st = require("safetensors.torch", "checkpoints")
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for i, p in enumerate(params):
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum.{i}"] = buf.detach().contiguous()
-        write_atomic(out / STATE_WEIGHTS, lambda tmp: st.save_file(tensors, str(tmp)))
-        history = [asdict(r) for r in self.history]
+        save_state(out, self.model, self.optimizer, self.state, self.config.settings(),
+                   {"torch": torch.get_rng_state(), "augment": self.generator.get_state()})
         config = CheckpointConfig(
             arch=self.config.arch,
             model=self.model_kwargs,
@@ -188,76 +168,115 @@ class Trainer:
             data=self.config.data,
             input_kind="event" if self.train_data.event else "static",
             metrics=metrics,
-            training={**self.config.settings(), "momentum": MOMENTUM, "epochs_done": epoch},
+            training={**self.config.settings(), "momentum": MOMENTUM,
+                      "epochs_done": self.state.step // self.steps_per_epoch, "steps_done": self.state.step,
+                      "planned_steps": self.planned_steps, "max_steps": self.config.max_steps,
+                      "train_rows": self.data.train_rows, "fit_rows": len(self.train_data)},
+            validation=None if self.data.validation is None else self.data.validation.to_dict(),
         )
         save_checkpoint(out, self.model, config)
-        write_json_atomic(out / STATE_JSON, {"epoch": epoch, "settings": self.config.settings(), "history": history})
 
     # -- the loop --------------------------------------------------------------------------
     def _lr_at(self, step: int) -> float:
-        total = self.config.epochs * self.steps_per_epoch
-        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * step / total))
+        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * step / self.planned_steps))
 
-    def _train_epoch(self, epoch: int) -> tuple[float, float]:
-        cfg = self.config
-        tqdm = require("tqdm", "progress bars").tqdm
+    def _seed_epoch(self, epoch: int, offset: int) -> None:
+        """Fresh RNGs at an epoch's start; the saved ones when resuming inside it."""
+        seed = self.config.seed * 1000 + epoch
+        if offset == 0 or not self.rng:
+            self.generator.manual_seed(seed)
+            torch.manual_seed(seed)
+        else:
+            self.generator.set_state(self.rng["augment"])
+            torch.set_rng_state(self.rng["torch"])
+
+    def _train_until(self, end: int) -> None:
+        """Optimizer steps from state.step up to `end` (at most the end of the current epoch)."""
+        cfg, run = self.config, self.state.running
+        epoch, offset = divmod(self.state.step, self.steps_per_epoch)
+        self._seed_epoch(epoch, offset)
         self.model.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            total=len(self.train_data), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-            disable=not self.progress, leave=False, dynamic_ncols=True,
-        )
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch)
-        for i, (xb, yb) in enumerate(batches):
+        bar = progress_bar(len(self.train_data), f"epoch {epoch + 1}/{cfg.epochs}")
+        bar.update(min(offset * cfg.batch_size, len(self.train_data)))
+        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                                  skip=offset)
+        for xb, yb in batches:
+            if self.state.step >= end:
+                break
             for group in self.optimizer.param_groups:
-                group["lr"] = self._lr_at(epoch * self.steps_per_epoch + i)
+                group["lr"] = self._lr_at(self.state.step)
             x = model_input(xb, self.normalisation, cfg.timesteps)
             if cfg.augment:
-                x = _augment(x, generator)
+                x = _augment(x, self.generator)
             y = torch.from_numpy(yb).long()
             out = self.model(x, timesteps=cfg.timesteps)
             loss = tet_loss(out, y, cfg.lambda_mse)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((out.mean(0).argmax(-1) == y).sum())
-            seen += len(y)
+            self.state.step += 1
+            run.loss += float(loss.detach()) * len(y)
+            run.correct += int((out.mean(0).argmax(-1) == y).sum())
+            run.seen += len(y)
             bar.update(len(y))
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
+            bar.set_postfix(loss=f"{run.loss / run.seen:.3f}", acc=f"{100 * run.correct / run.seen:.1f}%")
         bar.close()
-        return total_loss / seen, correct / seen
 
-    def run(self) -> list[EpochRecord]:
+    def _validate(self) -> TimestepAccuracy | None:
+        if self.val_data is None:
+            return None
+        return timestep_accuracy(self.model, self.val_data, self.normalisation, self.config.timesteps,
+                                 desc="validating")
+
+    def _metrics(self, val: TimestepAccuracy | None, record: EpochRecord) -> dict[str, Any]:
+        """What config.json records; each figure says which rows it comes from."""
+        validation = None if val is None else {
+            "split": "validation", "data": self.val_data.name if self.val_data else "", "samples": val.samples,
+            "accuracy_per_timestep": val.accuracy,
+        }
+        return {"validation": validation,
+                "train": {"split": "train (fit rows, running mean while training)", "samples": len(self.train_data),
+                          "accuracy": record.train_accuracy, "loss": record.loss},
+                "train_seconds": sum(r.seconds for r in self.history), "steps": self.state.step}
+
+    def _describe(self) -> str:
+        cfg, fit = self.config, self.train_data
+        held = (f"validating on {self.val_data.name} ({len(self.val_data)} samples)" if self.val_data is not None
+                else "no validation slice (--val-fraction 0): nothing held out to choose on")
+        return (f"training {cfg.arch} on {fit.name} ({len(fit)} samples, {len(fit.classes)} classes, input "
+                f"{'x'.join(map(str, fit.sample_shape))}), T={cfg.timesteps}, "
+                f"{sum(p.numel() for p in self.model.parameters()):,} parameters, {self.planned_steps} steps of "
+                f"{cfg.batch_size}; {held}")
+
+    def run(self, until: int | None = None) -> list[EpochRecord]:
+        """Train to the end of the plan, or only to step `until`, saving a resumable checkpoint there."""
         cfg = self.config
-        if self.start_epoch >= cfg.epochs:
-            self.log(f"{cfg.out} already finished {cfg.epochs} epochs; nothing to do")
+        end = self.planned_steps if until is None else min(until, self.planned_steps)
+        if self.state.step >= end:
+            self.log(f"{cfg.out} already finished its {self.state.step} of {self.planned_steps} steps; nothing to do")
             return self.history
-        self.log(
-            f"training {cfg.arch} on {self.train_data.name} ({len(self.train_data)} samples, "
-            f"{len(self.train_data.classes)} classes, input {'x'.join(map(str, self.train_data.sample_shape))}), "
-            f"T={cfg.timesteps}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-            f"validating on {self.val_data.name} ({len(self.val_data)} samples)"
-        )
-        for epoch in range(self.start_epoch, cfg.epochs):
-            started = time.perf_counter()
-            loss, train_acc = self._train_epoch(epoch)
-            val = timestep_accuracy(self.model, self.val_data, self.normalisation, cfg.timesteps)
-            record = EpochRecord(epoch + 1, loss, train_acc, val.accuracy, self._lr_at(epoch * self.steps_per_epoch), time.perf_counter() - started)
-            self.history.append(record)
-            metrics = {
-                "val_data": self.val_data.name,
-                "val_samples": val.samples,
-                "val_accuracy_per_timestep": val.accuracy,
-                "train_seconds": sum(r.seconds for r in self.history),
-            }
-            self._save(epoch + 1, metrics)
-            self.log(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {100 * train_acc:.2f}%  "
-                f"val {val.table()}  ({record.seconds:.0f} s)"
-            )
+        self.log(self._describe())
+        with progress_enabled(self.progress):
+            while self.state.step < end:
+                epoch = self.state.step // self.steps_per_epoch
+                started = time.perf_counter()
+                self._train_until(min((epoch + 1) * self.steps_per_epoch, end))
+                val = self._validate()
+                run = self.state.running
+                run.seconds += time.perf_counter() - started
+                record = EpochRecord(epoch + 1, run.loss / run.seen, run.correct / run.seen,
+                                     [] if val is None else val.accuracy, self._lr_at(epoch * self.steps_per_epoch),
+                                     run.seconds, self.state.step)
+                if self.history and self.history[-1].epoch == record.epoch:
+                    self.history.pop()  # the part before a --max-steps stop, now continued
+                self.history.append(record)
+                if self.state.step % self.steps_per_epoch == 0:
+                    self.state.running = RunningSums()
+                self._save(self._metrics(val, record))
+                shown = f"val {val.table()}" if val is not None else "no validation"
+                stop = "" if self.state.step % self.steps_per_epoch == 0 else f" (stopped at step {self.state.step})"
+                self.log(f"epoch {epoch + 1}/{cfg.epochs}{stop}  loss {record.loss:.4f}  "
+                         f"train acc {100 * record.train_accuracy:.2f}%  {shown}  ({record.seconds:.0f} s)")
         return self.history
 
 

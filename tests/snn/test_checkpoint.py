@@ -107,3 +107,17 @@ def test_pickle_with_code_is_refused_even_with_the_flag(tmp_path, saved, capsys)
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_validation_record_round_trips_and_a_broken_one_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("spiking_cnn", **KWARGS)
+    record = {"data": "digits", "fraction": 0.1, "seed": 0, "method": "splitmix64-rank", "train_rows": 1437}
+    save_checkpoint(tmp_path, model, make_config(validation=record))
+    _, config = load_checkpoint(tmp_path)
+    assert config.validation == record and config.validation_slice().train_rows == 1437
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["validation"]["fraction"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"config.json: validation fraction 2 is not in \(0, 1\)"):
+        load_checkpoint(tmp_path)

@@ -227,3 +227,28 @@ def test_resnet20_width() -> None:
     assert wide.body[-1].in_features == 128
     with pytest.raises(UserError, match="width"):
         create_model("resnet20", width=0)
+
+
+def test_catalog_matches_the_registry() -> None:
+    """`seenn-deploy models` reads the static catalog (no torch): every figure in it must be the model's own."""
+    from seenn_deploy.snn.zoo import CATALOG
+
+    assert [info.name for info in CATALOG] == MODELS
+    for info in CATALOG:
+        entry = get_entry(info.name)
+        assert (info.spiking, info.summary) == (entry.spiking, entry.summary), info.name
+        for size in info.sizes:
+            model = create_model(info.name, num_classes=size.num_classes, in_channels=size.channels,
+                                 image_size=(size.height, size.width))
+            assert sum(p.numel() for p in model.parameters()) == size.params, (info.name, size)
+        create_model(info.name, in_channels=2, image_size=info.min_size)  # any channel count, the smallest size
+        if info.min_size > 1:
+            with pytest.raises(UserError, match="at least"):
+                create_model(info.name, image_size=info.min_size - 1)
+
+
+def test_spiking_cnn_takes_cifar_sized_colour_images() -> None:
+    model = create_model("spiking_cnn", num_classes=10, in_channels=3, image_size=32).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32), timesteps=2).shape == (2, 2, 10)
+    assert "28x28 grayscale" not in get_entry("spiking_cnn").summary

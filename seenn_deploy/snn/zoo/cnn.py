@@ -1,4 +1,7 @@
-"""A small spiking CNN for 28x28 grayscale images (Fashion-MNIST) that trains in minutes on 2 CPU cores."""
+"""A small spiking CNN for small images of any channel count (Fashion-MNIST 1x28x28, CIFAR-10 3x32x32).
+
+It is the quick model of the zoo: a Fashion-MNIST epoch takes minutes on 2 CPU cores.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from seenn_deploy.snn.zoo.registry import register_model
 
 
 class SpikingCNN(SpikingModel):
-    """conv(c1)+BN | LIF, pool, conv(c2)+BN, LIF, pool, fc(hidden), LIF, fc(K)."""
+    """conv(c1)+BN | LIF, pool, conv(c2)+BN, LIF, pool, fc(hidden), LIF, fc(K).
+
+    Any channel count and any H, W >= 4; the pools floor odd sizes, so fc's input is c2 * (H//4) * (W//4).
+    """
 
     def __init__(
         self,
@@ -44,5 +50,5 @@ class SpikingCNN(SpikingModel):
 
 @register_model("spiking_cnn")
 def spiking_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28, **kwargs) -> SpikingCNN:
-    """Small spiking CNN for 28x28 grayscale inputs (2 conv, 2 fc); trains in minutes on a CPU."""
+    """Small spiking CNN (2 conv, 2 fc) for small images, any channel count (1x28x28, 3x32x32); fast on a CPU."""
     return SpikingCNN(num_classes, in_channels, image_size, **kwargs)
