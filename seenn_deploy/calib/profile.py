@@ -20,7 +20,8 @@ from seenn_deploy.errors import UserError
 from seenn_deploy.files import write_atomic
 from seenn_deploy.runtime.executors.base import Executor
 from seenn_deploy.runtime.loop import run_timesteps
-from seenn_deploy.runtime.manifest import Manifest
+from seenn_deploy.runtime.manifest import MAX_TIMESTEPS, Manifest
+from seenn_deploy.runtime.schema import parse_json
 
 PROFILE_FILE = "profile.npz"
 
@@ -71,14 +72,46 @@ class TimestepProfile:
 
     @classmethod
     def load(cls, path: Path) -> "TimestepProfile":
+        """Read and check a saved profile; anything corrupt, truncated or inconsistent is a UserError."""
+        fix = "delete it and calibrate again"
         try:
             with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                scores = {m: z[f"score_{m}"] for m in METRICS if f"score_{m}" in z}
-                return cls(scores, z["prediction"], z["labels"] if "labels" in z else None,
-                           meta["fingerprint"], meta["data"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{path} is not a readable timestep profile ({exc}): delete it and calibrate again") from None
+                arrays = {name: z[name] for name in z.files}
+        except Exception as exc:  # the file is untrusted: zip, zlib, npy header and size errors all mean "corrupt"
+            raise UserError(f"{path} is not a readable timestep profile ({type(exc).__name__}: "
+                            f"{str(exc)[:160]}): {fix}") from None
+        return cls._from_arrays(arrays, f"timestep profile {path}", fix)
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict[str, np.ndarray], where: str, fix: str) -> "TimestepProfile":
+        def bad(problem: str) -> UserError:
+            return UserError(f"{where} {problem}: {fix}")
+
+        missing = [n for n in ("meta", "prediction", *(f"score_{m}" for m in METRICS)) if n not in arrays]
+        if missing:
+            raise bad(f"lacks {', '.join(missing)}")
+        meta = arrays["meta"]
+        if meta.shape != () or meta.dtype.kind != "U":
+            raise bad(f"has meta of shape {list(meta.shape)} {meta.dtype.name}, not one JSON string")
+        info = parse_json(str(meta), f"{where} (meta)", fix)
+        if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("fingerprint", "data")):
+            raise bad("has meta without the strings fingerprint and data")
+        prediction = arrays["prediction"]
+        if prediction.ndim != 2 or 0 in prediction.shape or prediction.dtype.kind not in "iu":
+            raise bad(f"has prediction of shape {list(prediction.shape)} {prediction.dtype.name}, not [T, N] integers "
+                      "with T, N >= 1")
+        if prediction.shape[0] > MAX_TIMESTEPS:
+            raise bad(f"has {prediction.shape[0]} timesteps, more than {MAX_TIMESTEPS}")
+        scores = {m: arrays[f"score_{m}"] for m in METRICS}
+        for metric, value in scores.items():
+            if value.shape != prediction.shape or value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise bad(f"has score_{metric} of shape {list(value.shape)} {value.dtype.name}, not finite floats "
+                          f"of the prediction's shape {list(prediction.shape)}")
+        labels = arrays.get("labels")
+        if labels is not None and (labels.shape != prediction.shape[1:] or labels.dtype.kind not in "iu"):
+            raise bad(f"has labels of shape {list(labels.shape)} {labels.dtype.name}, not [{prediction.shape[1]}] "
+                      "integers (one per sample)")
+        return cls(scores, prediction, labels, info["fingerprint"], info["data"])
 
     def check_bundle(self, fingerprint: str, where: Path) -> None:
         if fingerprint != self.fingerprint:

@@ -45,13 +45,14 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
     from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
     from seenn_deploy.data.progress import progress_enabled
     from seenn_deploy.runtime.api import Runtime
+    from seenn_deploy.runtime.bundle import bundle_path
     from seenn_deploy.runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle)
     target = Target(target_drop, target_timesteps, alpha, t_cap)
     target.check(manifest.timesteps)
     plan = plan_data(manifest, data_spec, calib_data, calib_split, samples, score_test=not no_test)
-    folder = Path(bundle) / CALIB_DIR
+    folder = bundle_path(bundle, CALIB_DIR, "the calib folder")
     folder.mkdir(exist_ok=True)
     fingerprint = bundle_fingerprint(bundle, manifest)
     runtime: Runtime | None = None

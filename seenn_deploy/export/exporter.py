@@ -23,7 +23,7 @@ from seenn_deploy.export.onnx_export import GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
 from seenn_deploy.files import file_sha256
 from seenn_deploy.runtime.manifest import (
-    ACCUMULATIONS, CONFIDENCE, LOGITS, METADATA_KEY, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
+    ACCUMULATIONS, CONFIDENCE, LOGITS, MAX_BATCH, METADATA_KEY, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
     write_manifest,
 )
 from seenn_deploy.snn.model import SpikingModel
@@ -48,14 +48,14 @@ class ExportOptions:
 
     def check(self) -> None:
         check_opset(self.opset)
-        if self.max_batch < 1:
-            raise UserError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise UserError(f"--max-batch must be in 1..{MAX_BATCH}, got {self.max_batch}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.accumulate not in ACCUMULATIONS:
             raise UserError(f"--accumulate {self.accumulate!r} is not one of {', '.join(ACCUMULATIONS)}")
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        if not 1e-6 <= self.temperature <= 1e6:
+            raise UserError(f"--temperature must be in [1e-6, 1e6], got {self.temperature}")
         if self.fp32_layers and self.precision != "fp16":
             raise UserError("--fp32-layers applies to --precision fp16 (an fp32 graph has every layer in FP32)")
         if self.encoder_split not in SPLIT_MODES:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from seenn_deploy.runtime.engine_meta import (
 )
 from seenn_deploy.runtime.exit import ExitPolicy, parse_exit
 from seenn_deploy.runtime.manifest import MANIFEST, METADATA_KEY, RESET, Manifest, read_manifest
+from seenn_deploy.runtime.schema import parse_json
 
 KINDS = ("bundle", "plan", "onnx")
 ONNX_SUFFIX = ".onnx"
@@ -135,10 +135,7 @@ def _onnx_target(path: Path) -> BenchTarget:
         raise UserError(f"{path} carries no seenn-deploy manifest (ONNX metadata {METADATA_KEY!r}): it was not written "
                         "by `seenn-deploy export`; bench its bundle directory instead")
     where = f"{path} (metadata {METADATA_KEY})"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where} is not valid JSON ({exc}): re-export the bundle") from None
+    data = parse_json(text, where, "re-export the bundle")
     if not isinstance(data, dict):
         raise UserError(f"{where} is not a JSON object: re-export the bundle")
     manifest = Manifest.from_dict(data, where)

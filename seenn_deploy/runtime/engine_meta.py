@@ -11,14 +11,17 @@ Pure Python: reading and checking records needs neither tensorrt nor a GPU.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.files import read_json_object, write_json_atomic
+from seenn_deploy.files import write_json_atomic
+from seenn_deploy.runtime.bundle import bundle_path
 from seenn_deploy.runtime.manifest import Manifest
+from seenn_deploy.runtime.schema import ENGINE_SCHEMA, read_json_object, schema, shown, validate
 
 ENGINES_DIR = "engines"
 PLAN_SUFFIX = ".plan"
@@ -49,26 +52,25 @@ class EngineMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> "EngineMeta":
+        """Check `d` against engine.schema.json (and min <= opt <= max) and build the record."""
+        fix = f"rebuild the engine with {BUILD_HINT}"
+        if not isinstance(d, dict):
+            raise UserError(f"{where} is not a JSON object: {fix}")
         if d.get("format") != META_FORMAT:
-            raise UserError(f"{where} is not a seenn-deploy engine record (format {d.get('format')!r}): "
-                            f"rebuild the engine with {BUILD_HINT}")
-        if d.get("version") != META_VERSION:
-            raise UserError(f"{where} has engine record version {d.get('version')}; this seenn-deploy reads "
-                            f"version {META_VERSION}: rebuild the engine with {BUILD_HINT}")
-        try:
-            profile = {k: int(d["profile"][k]) for k in ("min", "opt", "max")}
-            meta = cls(role=str(d["role"]), plan=str(d["plan"]), tensorrt_version=str(d["tensorrt_version"]),
-                       gpu_name=str(d["gpu_name"]), compute_capability=str(d["compute_capability"]),
-                       precision=str(d["precision"]), profile=profile, created=str(d.get("created", "")),
-                       onnx_sha256=str(d.get("onnx_sha256", "")),
-                       version_compatible=bool(d.get("version_compatible", False)),
-                       build=dict(d.get("build", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{where} is malformed ({type(exc).__name__}: {exc}): "
-                            f"rebuild the engine with {BUILD_HINT}") from None
-        if not 1 <= meta.profile["min"] <= meta.profile["opt"] <= meta.profile["max"]:
-            raise UserError(f"{where} has an invalid batch profile {meta.profile}: rebuild the engine with {BUILD_HINT}")
-        return meta
+            raise UserError(f"{where} is not a seenn-deploy engine record (format {shown(d.get('format'))}): {fix}")
+        if d.get("version") != META_VERSION or isinstance(d.get("version"), bool):
+            raise UserError(f"{where} has engine record version {shown(d.get('version'))}; this seenn-deploy reads "
+                            f"version {META_VERSION}: {fix}")
+        validate(d, ENGINE_SCHEMA, where, f"the record is malformed; {fix}")
+        profile = {k: int(d["profile"][k]) for k in ("min", "opt", "max")}
+        if not profile["min"] <= profile["opt"] <= profile["max"]:
+            raise UserError(f"{where} has an invalid batch profile {profile} (min <= opt <= max): {fix}")
+        optional = {k: v["default"] for k, v in schema(ENGINE_SCHEMA)["properties"].items() if "default" in v}
+        d = {**optional, **d}
+        return cls(role=d["role"], plan=d["plan"], tensorrt_version=d["tensorrt_version"], gpu_name=d["gpu_name"],
+                   compute_capability=d["compute_capability"], precision=d["precision"], profile=profile,
+                   created=d["created"], onnx_sha256=d["onnx_sha256"], version_compatible=d["version_compatible"],
+                   build=copy.deepcopy(d["build"]))
 
 
 def meta_path(plan: Path) -> Path:
@@ -146,6 +148,16 @@ def check_engine_compat(meta: EngineMeta, trt_version: str, gpu_name: str, compu
                         f"of the capability they were built for; {rebuild}")
 
 
+def check_engine_source(meta: EngineMeta, onnx_sha256: str, graph: str, bundle: Path | str = "BUNDLE") -> None:
+    """UserError unless the plan was built from the graph whose sha256 is `onnx_sha256` (the bundle's `graph` now)."""
+    if meta.onnx_sha256 == onnx_sha256:
+        return
+    why = ("its record does not say which graph it was built from" if not meta.onnx_sha256 else
+           f"it was built from another {graph} (sha256 {meta.onnx_sha256[:12]}..., the bundle's is now "
+           f"{onnx_sha256[:12]}...): the bundle was re-exported since")
+    raise UserError(f"engine {meta.plan} is stale: {why}; rebuild it with `seenn-deploy build {bundle}`")
+
+
 def _describe(plan: Path) -> str:
     try:
         meta = read_engine_meta(meta_path(plan))
@@ -157,17 +169,20 @@ def _describe(plan: Path) -> str:
 
 def find_engine(bundle: Path, manifest: Manifest, role: str, precision: str | None = None,
                 trt_version: str | None = None, gpu_name: str | None = None,
-                compute_capability: str | None = None) -> Path:
+                compute_capability: str | None = None, onnx_sha256: str | None = None) -> Path:
     """The plan in `bundle/engines/` for `role` at `precision` (default: the bundle's).
 
-    Given this machine's TensorRT version and compute capability, the first plan that loads here is
-    chosen (exact TensorRT version first); when plans for the role exist but none loads here, the
-    compatibility error of the closest one says why. UserErrors list what the directory holds.
+    Given the sha256 of the role's graph now, plans built from another graph are set aside (and
+    refused, naming the rebuild command, when only such plans exist). Given this machine's TensorRT
+    version and compute capability, the first plan that loads here is chosen (exact TensorRT version
+    first); when plans for the role exist but none loads here, the compatibility error of the
+    closest one says why. UserErrors list what the directory holds.
     """
     bundle = Path(bundle)
     precision = precision or manifest.precision
     if role not in manifest.graphs:
         raise UserError(f"{bundle} has no {role} graph (it has {', '.join(sorted(manifest.graphs))})")
+    bundle_path(bundle, ENGINES_DIR, "the engines folder")  # refuses an engines/ symlink to elsewhere
     where = bundle / ENGINES_DIR
     plans = sorted(where.glob(f"*{PLAN_SUFFIX}")) if where.is_dir() else []
     build = f"build them on this machine with `seenn-deploy build {bundle}`"
@@ -184,6 +199,11 @@ def find_engine(bundle: Path, manifest: Manifest, role: str, precision: str | No
     if not candidates:
         listing = "; ".join(_describe(p) for p in plans)
         raise UserError(f"{where} has no {precision} engine for the {role} graph (it holds: {listing}): {build}")
+    if onnx_sha256 is not None:
+        fresh = [c for c in candidates if c[1].onnx_sha256 == onnx_sha256]
+        if not fresh:
+            check_engine_source(candidates[0][1], onnx_sha256, manifest.graphs[role], bundle)
+        candidates = fresh
     if trt_version is None or compute_capability is None:
         return candidates[0][0]
     exact = [c for c in candidates if version_triple(c[1].tensorrt_version) == version_triple(trt_version)]

@@ -18,6 +18,7 @@ import pytest
 
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.errors import MissingDependency, UserError
+from seenn_deploy.files import file_sha256
 from seenn_deploy.runtime import Confidence, Runtime, read_manifest, run_timesteps
 from seenn_deploy.runtime.engine_meta import (
     ENGINES_DIR, EngineMeta, check_engine_compat, engine_file_name, find_engine, meta_path, read_engine_meta,
@@ -391,7 +392,7 @@ def fake_bundle(digits_bundle, tmp_path):
     manifest = read_manifest(bundle)
     for role, rel in manifest.graphs.items():
         add_plan(bundle, (bundle / rel).read_bytes(), role=role, precision=manifest.precision,
-                 gpu_name="Fake GPU", compute_capability="8.7")
+                 gpu_name="Fake GPU", compute_capability="8.7", onnx_sha256=file_sha256(bundle / rel))
     return bundle, manifest
 
 
@@ -400,6 +401,80 @@ def test_fake_engine_refused_for_another_tensorrt_version(fake_bundle, fake_cuda
     fake_cuda(version="11.0.1")
     with pytest.raises(UserError, match=r"built with TensorRT 10\.3\.0, this machine has 11\.0\.1"):
         Runtime.from_bundle(bundle, backend="trt")
+
+
+def touch_graph(path) -> None:
+    """Re-save an ONNX graph with another doc string: the same computation, other bytes (as a re-export makes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    model.doc_string = "re-exported"
+    onnx.save(model, str(path))
+
+
+def test_a_plan_built_from_an_older_graph_is_refused(fake_bundle, fake_cuda):
+    from seenn_deploy.runtime.bundle import open_executors
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    plan = find_engine(bundle, manifest, "step")
+    touch_graph(bundle / "step.onnx")
+    with pytest.raises(UserError, match=rf"engine {plan.name} is stale: it was built from another step\.onnx \(sha256 "
+                                        rf".*re-exported since; rebuild it with `seenn-deploy build {bundle}`"):
+        open_executors(bundle, manifest, "trt")
+    with pytest.raises(UserError, match=r"is stale"):  # also a plan given by path (bench --engine PLAN)
+        open_trt_graphs(bundle, manifest, plans={"step": plan})("step")
+
+
+def test_a_plan_whose_record_names_no_graph_hash_is_refused(fake_bundle, fake_cuda):
+    from seenn_deploy.runtime.bundle import open_executors
+
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    record = meta_path(find_engine(bundle, manifest, "step"))
+    record.write_text(json.dumps({**json.loads(record.read_text()), "onnx_sha256": ""}))
+    with pytest.raises(UserError, match=r"stale: its record does not say which graph it was built from; rebuild"):
+        open_executors(bundle, manifest, "trt")
+
+
+def test_a_failed_open_frees_the_engines_opened_before(fake_bundle, fake_cuda):
+    from seenn_deploy.runtime.bundle import open_executors
+
+    bundle, manifest = fake_bundle
+    cudart = fake_cuda()
+    touch_graph(bundle / "encoder.onnx")  # the step plan opens (GPU and pinned buffers), then the encoder's is stale
+    for _ in range(3):
+        with pytest.raises(UserError, match=r"engine encoder\..* is stale"):
+            open_executors(bundle, manifest, "trt")
+    assert not cudart.memory
+
+
+def test_a_bundle_named_relative_to_the_working_directory_opens(fake_bundle, fake_cuda, monkeypatch):
+    from seenn_deploy.runtime.bundle import open_executors
+
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    monkeypatch.chdir(bundle.parent)
+    with open_executors(bundle.name, manifest, "trt") as graphs:
+        assert graphs.step.plan == find_engine(bundle, manifest, "step").resolve()
+
+
+def test_engines_outside_the_bundle_are_refused(fake_bundle, fake_cuda, tmp_path):
+    from seenn_deploy.runtime.bundle import open_executors
+
+    bundle, manifest = fake_bundle
+    fake_cuda()
+    plan = find_engine(bundle, manifest, "step")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(plan, tmp_path / "elsewhere" / plan.name)
+    plan.symlink_to(tmp_path / "elsewhere" / plan.name)
+    with pytest.raises(UserError, match=r"the step engine .* outside the bundle"):
+        open_executors(bundle, manifest, "trt")
+    shutil.move(bundle / ENGINES_DIR, tmp_path / "engines")
+    (bundle / ENGINES_DIR).symlink_to(tmp_path / "engines")
+    with pytest.raises(UserError, match=r"the engines folder .* outside the bundle"):
+        open_executors(bundle, manifest, "trt")
 
 
 # -- parity checks, shared by the stand-in and the GPU tests -----------------------------------
@@ -525,7 +600,7 @@ def test_stand_in_bench_target_runs_exactly_the_given_plan(fake_bundle, fake_cud
     add_plan(bundle, b"an older build", role="step", precision=manifest.precision, gpu_name="A Fake GPU")
     assert find_engine(bundle, manifest, "step", trt_version="10.3.0", compute_capability="8.7") != plan
     with resolve_target(plan).open(exit=Confidence(ALPHA), batch=16) as runtime:
-        assert runtime.step.plan == plan
+        assert runtime.step.plan == plan.resolve()
         got = runtime.infer(digits.x[:100])
     with Runtime.from_bundle(bundle, backend="ort", exit=Confidence(ALPHA), batch=16) as runtime:
         want = runtime.infer(digits.x[:100])
@@ -582,7 +657,8 @@ def trt_bundle(request, tmp_path_factory):
         build_plan(trt, bundle / rel, bundle / ENGINES_DIR / name, max_batch=64)
         write_engine_meta(meta_path(bundle / ENGINES_DIR / name), EngineMeta(
             role=role, plan=name, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
-            precision=manifest.precision, profile={"min": 1, "opt": 32, "max": 64}))
+            precision=manifest.precision, profile={"min": 1, "opt": 32, "max": 64},
+            onnx_sha256=file_sha256(bundle / rel)))
     return bundle, manifest
 
 

@@ -24,11 +24,17 @@ class TensorInfo:
 
 
 class Executor:
-    """Runs one graph: feeds by name -> outputs by name. A context manager; `close` frees the backend."""
+    """Runs one graph: feeds by name -> outputs by name. A context manager; `close` frees the backend.
 
-    def __init__(self, inputs: list[TensorInfo], outputs: list[str], label: str) -> None:
+    `output_infos`: the outputs' shapes and dtypes where the backend reads them from the graph (None
+    where the outputs are only named), so a bundle can be checked against its manifest when it opens.
+    """
+
+    def __init__(self, inputs: list[TensorInfo], outputs: list[str], label: str,
+                 output_infos: list[TensorInfo] | None = None) -> None:
         self.inputs = inputs
         self.outputs = outputs
+        self.output_infos = output_infos
         self.label = label
         self.calls = 0
         self.seconds = 0.0

@@ -18,8 +18,15 @@ from seenn_deploy.errors import UserError
 from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
 from seenn_deploy.runtime.manifest import CONFIDENCE, PREDICTION, RESET, X, StateInfo
 
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_,
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(bool)": np.bool_, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
              "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def tensor_info(arg: ort.NodeArg) -> TensorInfo:
+    """A graph input or output: symbolic or unknown dims become None; a type numpy has no match for, object."""
+    shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+    return TensorInfo(arg.name, shape, np.dtype(ORT_TYPES.get(arg.type, object)))
 
 
 class OrtExecutor(Executor):
@@ -37,16 +44,19 @@ class OrtExecutor(Executor):
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
             where = "the graph" if isinstance(path, bytes) else str(path)
             raise UserError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}") from None
-        inputs = [TensorInfo(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
-                             np.dtype(ORT_TYPES.get(i.type, np.float32))) for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        super().__init__(inputs, outputs, label or (Path(path).name if not isinstance(path, bytes) else "graph"))
+        output_infos = [tensor_info(o) for o in self.session.get_outputs()]
+        super().__init__([tensor_info(i) for i in self.session.get_inputs()], [o.name for o in output_infos],
+                         label or (Path(path).name if not isinstance(path, bytes) else "graph"), output_infos)
         provider = self.session.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self.on_device = self.device_type != "cpu"
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def close(self) -> None:
+        """Drop the session, and with it the memory ONNX Runtime holds for the graph (GPU memory under CUDA)."""
+        self.session = None
 
     def run_bound(self, binding) -> None:
         """run_with_iobinding, counted and timed like run()."""

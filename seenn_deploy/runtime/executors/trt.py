@@ -43,14 +43,18 @@ import numpy as np
 
 from seenn_deploy.errors import MissingDependency, UserError
 from seenn_deploy.lazy import require
-from seenn_deploy.runtime.engine_meta import EngineMeta, check_engine_compat, find_engine, meta_path, read_engine_meta
+from seenn_deploy.files import file_sha256
+from seenn_deploy.runtime.bundle import bundle_path
+from seenn_deploy.runtime.engine_meta import (
+    EngineMeta, check_engine_compat, check_engine_source, find_engine, meta_path, read_engine_meta,
+)
 from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
 
 PURPOSE = "the trt backend"
 TRT_HINT = ("; TensorRT's wheels come from NVIDIA's index (pip install tensorrt --extra-index-url "
             "https://pypi.nvidia.com), and on Jetson TensorRT ships with JetPack (use its system Python, not pip)")
-_LOGGERS: dict[int, object] = {}  # one TensorRT logger per process (per tensorrt module)
+_LOGGERS: dict[int, tuple] = {}  # one TensorRT logger per process (per tensorrt module): id -> (module, logger)
 
 
 class CudaError(UserError):
@@ -78,9 +82,11 @@ def load_cudart(purpose: str = PURPOSE):
 
 def trt_logger(trt):
     """The process's one TensorRT logger (warnings and errors) for this tensorrt module."""
-    if id(trt) not in _LOGGERS:
-        _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
-    return _LOGGERS[id(trt)]
+    module, logger = _LOGGERS.get(id(trt), (None, None))
+    if module is not trt:  # the entry holds its module, so another module never reuses its id while it lives
+        logger = trt.Logger(trt.Logger.WARNING)
+        _LOGGERS[id(trt)] = (trt, logger)
+    return logger
 
 
 class CudaCalls:
@@ -178,7 +184,8 @@ class TrtExecutor(Executor):
         except BaseException:
             self.close()
             raise
-        super().__init__(inputs, outputs, label or self.plan.name)
+        output_infos = [TensorInfo(n, (None, *self._out_rows[n]), self._tensors[n].dtype) for n in outputs]
+        super().__init__(inputs, outputs, label or self.plan.name, output_infos)
 
     # -- setup -----------------------------------------------------------------------------
     def _discover(self) -> tuple[list[TensorInfo], list[str]]:
@@ -477,17 +484,23 @@ def open_trt_graphs(bundle: Path, manifest: Manifest, precision: str | None = No
     """A factory role -> TrtExecutor over the plans in `bundle/engines/` that load on this machine.
 
     plans: role -> a given plan to use for that role (`bench --engine PLAN`); other roles are found.
+    A plan (and its record) must lie inside the bundle, and its record's onnx_sha256 must be the hash
+    of the bundle's graph for the role now: a plan built before a re-export is refused.
     """
     trt = load_tensorrt()
     cudart = load_cudart()
     gpu_name, capability = gpu_info(cudart, device)
 
     def open_graph(role: str) -> Executor:
-        plan = (plans or {}).get(role) or find_engine(bundle, manifest, role, precision, trt.__version__, gpu_name,
-                                                      capability)
-        meta = read_engine_meta(meta_path(plan))
+        graph_hash = file_sha256(bundle_path(bundle, manifest.graphs[role], f"the {role} graph"))
+        given = (plans or {}).get(role)
+        plan = Path(given) if given else find_engine(bundle, manifest, role, precision, trt.__version__, gpu_name,
+                                                     capability, onnx_sha256=graph_hash)
+        plan = bundle_path(bundle, plan.resolve(), f"the {role} engine")  # plan: a path from here, not from bundle
+        meta = read_engine_meta(bundle_path(bundle, meta_path(plan), f"the record of the {role} engine"))
         if meta.role != role:
             raise UserError(f"{plan} is a {meta.role} engine (its record says so), not the {role} engine")
+        check_engine_source(meta, graph_hash, manifest.graphs[role], bundle)
         states = [(s.name, s.output) for s in manifest.states] if role == "step" else []
         return TrtExecutor(plan, meta, device, states, cuda_graphs, f"{role} (trt)")
 
