@@ -8,37 +8,47 @@ from pathlib import Path
 import click
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import allow_pickle_option, data_option, emit_json, json_option
+from seenn_deploy.cli.options import (
+    COUNT, EXIT_CHECK_FAILED, FRACTION, POSITIVE, allow_pickle_option, batch_size_option, data_option, emit_json,
+    json_option, samples_option, writable_bundle, writable_file,
+)
 from seenn_deploy.errors import UserError
+
+# export/onnx_export.py's MIN_OPSET..MAX_OPSET and export/encoder_split.py's MODES, which import torch
+OPSETS = click.IntRange(17, 21)
+SPLIT_MODES = ("auto", "on", "off")
 
 
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--max-batch", type=int, default=256, show_default=True, help="Largest batch the graphs accept.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, callback=writable_bundle,
+              help="Bundle directory to write.")
+@click.option("--opset", type=OPSETS, default=18, show_default=True)
+@click.option("--max-batch", type=COUNT, default=256, show_default=True, help="Largest batch the graphs accept.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: a strongly typed FP16 graph (the precision lives in the graph).")
 @click.option("--accumulate", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
               help="How the exit head accumulates logits over timesteps.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
+@click.option("--temperature", type=POSITIVE, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
 @click.option("--fp32-layers", default=None, metavar="NAME[,NAME...]",
               help="With --precision fp16: body layers (Conv2d, Linear) to keep in FP32; `verify` names candidates.")
 @click.option("--fp16-weights", type=click.Choice(["pair", "single"]), default="pair", show_default=True,
               help="With --precision fp16: each weight as hi + lo FP16 numbers (two FP16 products summed in FP32), "
                    "or rounded once to FP16 (half the work, more spike flips).")
-@click.option("--no-encoder-split", is_flag=True, help="Keep the first conv + BN in the step graph.")
+@click.option("--encoder-split", type=click.Choice(SPLIT_MODES), default="auto", show_default=True,
+              help="Run the first conv + BN once per sample in encoder.onnx (on), inside every step (off), or where "
+                   "that saves more compute than the bytes it adds cost (auto).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--factory", default=None, metavar="PKG.MODULE:FUNCTION",
               help="Foreign model (SpikingJelly, snnTorch): a function that builds it; CHECKPOINT is then its weights file.")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="With --factory: one sample's shape.")
-@click.option("--timesteps", "-T", type=int, default=None, help="With --factory: T_max.")
+@click.option("--timesteps", "-T", type=COUNT, default=None, help="With --factory: T_max.")
 @click.option("--sample-data", default=None, metavar="SPEC",
               help="With --factory: real samples for the parity check (default: uniform noise in [0, 1]).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @allow_pickle_option
 def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, fp16_weights,
-               no_encoder_split, exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
+               encoder_split, exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
     """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest."""
     from seenn_deploy.lazy import require
 
@@ -47,7 +57,7 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
     from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
 
     options = ExportOptions(opset=opset, max_batch=max_batch, precision=precision, accumulate=accumulate,
-                            temperature=temperature, encoder_split=not no_encoder_split, exporter=exporter, force=force,
+                            temperature=temperature, encoder_split=encoder_split, exporter=exporter, force=force,
                             fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()),
                             fp16_weights=fp16_weights)
     if factory is None:
@@ -92,10 +102,10 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
 @data_option
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="The source checkpoint (default: the one the bundle records).")
-@click.option("--samples", type=int, default=None, help="Verify on the first N samples of the test split.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--min-agreement", type=float, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 0.99).")
-@click.option("--max-flip-rate", type=float, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
+@samples_option("Verify on the first N samples of the test split.")
+@batch_size_option()
+@click.option("--min-agreement", type=FRACTION, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 0.99).")
+@click.option("--max-flip-rate", type=FRACTION, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
               help="ort: the ONNX graphs (CPU provider; it runs FP16 layers in FP32, outputs unrounded). "
                    "torch: the bundle's layout on torch ops, real FP16 arithmetic.")
@@ -114,6 +124,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
 
     manifest = read_manifest(bundle)
+    _check_graphs_parse(bundle, manifest.graphs.values())
     source = parse_data_spec(data_spec)
     recorded = manifest.provenance.get("checkpoint")
     checkpoint = checkpoint or (Path(recorded) if recorded else None)
@@ -127,8 +138,6 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
                         "pass the right --checkpoint or re-export")
     data = source.load("test")
     if samples is not None:
-        if samples < 1:
-            raise UserError(f"--samples must be >= 1, got {samples}")
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
                            min_agreement, max_flip_rate, backend=backend)
@@ -151,18 +160,34 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     click.echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
     if not report.passed:
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _check_graphs_parse(bundle: Path, graphs) -> None:
+    """A graph that does not parse is bad input (exit 2), not a failed parity check (exit 1)."""
+    from seenn_deploy.lazy import require
+
+    onnx = require("onnx", "verify")
+    for rel in graphs:
+        path = Path(bundle) / rel
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path} is not a valid ONNX graph ({reason}): re-export the bundle with "
+                            "`seenn-deploy export`") from None
 
 
 @cli.command("build")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Default: the bundle's. fp16 from an fp32 bundle and int8 without Q/DQ need TensorRT 10.")
-@click.option("--max-batch", type=int, default=None, help="Largest batch of the profile (default: the bundle's).")
-@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes for (default: min(64, max batch)).")
-@click.option("--workspace", "workspace_mb", type=int, default=None, metavar="MB",
+@click.option("--max-batch", type=COUNT, default=None, help="Largest batch of the profile (default: the bundle's).")
+@click.option("--opt-batch", type=COUNT, default=None, help="Batch TensorRT tunes for (default: min(64, max batch)).")
+@click.option("--workspace", "workspace_mb", type=COUNT, default=None, metavar="MB",
               help="Workspace memory pool limit (default: TensorRT's).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              callback=writable_file,
               help="Read tactic timings from FILE when it exists; write them back after the build.")
 @click.option("--version-compatible", is_flag=True,
               help="Plans that also load on later TensorRT releases of the same major version.")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.files import file_sha256, write_atomic
+from seenn_deploy.files import FILE, FOLDER, bundle_lock, check_writable, file_sha256, write_atomic
 from seenn_deploy.runtime.engine_meta import (
     ENGINES_DIR, EngineMeta, engine_file_name, meta_path, version_triple, write_engine_meta,
 )
@@ -119,7 +119,9 @@ def plan_build(bundle: Path, options: BuildOptions) -> BuildPlan:
         raise UserError(f"--opt-batch {opt_batch} is outside 1..{max_batch} (the profile's batch range, --max-batch)")
     if options.workspace_mb is not None and options.workspace_mb < 1:
         raise UserError(f"--workspace must be >= 1 MB, got {options.workspace_mb}")
-    _check_timing_cache(options.timing_cache)
+    check_writable(bundle / ENGINES_DIR, "BUNDLE", FOLDER)
+    if options.timing_cache is not None:
+        check_writable(options.timing_cache, "--timing-cache", FILE)
     roles = list(manifest.graphs)
     quantized = any(graph_has_qdq(bundle / manifest.graphs[role]) for role in roles)
     if manifest.precision == "fp16" and not (precision == "fp16" or (precision == "int8" and quantized)):
@@ -137,16 +139,6 @@ def plan_build(bundle: Path, options: BuildOptions) -> BuildPlan:
 
         parse_data_spec(options.calib_data)  # checks the spec now; its samples are read when calibration runs
     return BuildPlan(bundle, manifest, precision, opt_batch, max_batch, roles, quantized, options)
-
-
-def _check_timing_cache(path: Path | None) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--timing-cache {path} is a directory: give a file (it is created when missing)")
-    if not path.parent.is_dir():
-        raise UserError(f"--timing-cache {path}: folder {path.parent} does not exist")
 
 
 def network_mode(precision: str, bundle_precision: str, quantized: bool, trt_major: int) -> str:
@@ -168,11 +160,19 @@ def network_mode(precision: str, bundle_precision: str, quantized: bool, trt_maj
 
 def build_engines(bundle: Path, options: BuildOptions | None = None,
                   log: Callable[[str], None] = print) -> list[BuiltEngine]:
-    """Build a plan per graph of the bundle, then write the plans, their records and the timing cache."""
+    """Build a plan per graph of the bundle, then write the plans, their records and the timing cache.
+
+    Holds the bundle's lock after the checks: an export, calibrate or build of the same bundle fails at once.
+    """
+    plan = plan_build(bundle, options or BuildOptions())
+    with bundle_lock(bundle, "build"):
+        return _build(plan, log)
+
+
+def _build(plan: BuildPlan, log: Callable[[str], None]) -> list[BuiltEngine]:
     from seenn_deploy.runtime.executors.trt import CudaCalls, gpu_info, load_cudart, load_tensorrt, trt_logger
 
-    options = options or BuildOptions()
-    plan = plan_build(bundle, options)
+    options = plan.options
     trt = load_tensorrt(PURPOSE)
     cuda = CudaCalls(load_cudart(PURPOSE))
     gpu_name, capability = gpu_info(cuda.rt, options.device, GPU_FIX)

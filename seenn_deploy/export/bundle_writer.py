@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import umask_mode
+from seenn_deploy.files import BUNDLE, bundle_lock, check_writable, interrupts_deferred, umask_mode
 from seenn_deploy.runtime.manifest import MANIFEST
 
 
@@ -17,8 +17,6 @@ def check_bundle_target(out: Path, force: bool) -> None:
     """Refuse a target that holds anything but an old bundle (which --force may replace)."""
     out = Path(out)
     if not out.exists():
-        if not out.parent.exists():
-            raise UserError(f"cannot create bundle {out}: folder {out.parent} does not exist")
         return
     if not out.is_dir():
         raise UserError(f"{out} exists and is a file, not a bundle: choose another --out")
@@ -32,20 +30,28 @@ def check_bundle_target(out: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def staged_bundle(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory to fill; on success it replaces `out`, on failure it is removed."""
+    """Yield a temporary directory to fill; on success it replaces `out`, on failure it is removed.
+
+    The export holds the bundle's lock throughout (another export, calibrate or build of `out` fails at
+    once), checks the target under it (a bundle another export just finished needs --force too), and
+    swaps the folders with SIGINT held back, so `out` is always the old bundle or the new one.
+    """
     out = Path(out)
-    check_bundle_target(out, force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(umask_mode(0o777))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / "bundle")
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    check_writable(out, "--out", BUNDLE)
+    with bundle_lock(out, "export", fix="wait for it or choose another --out"):
+        check_bundle_target(out, force)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            staging.chmod(umask_mode(0o777))
+            yield staging
+            with interrupts_deferred():
+                old = None
+                if out.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                    out.rename(old / "bundle")
+                staging.rename(out)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already where the swap finished
+            raise

@@ -38,11 +38,11 @@ def test_build_without_tensorrt_says_what_to_install(bundle, run_cli, no_tensorr
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--max-batch", "0"], "'--max-batch': 0 is not in the range x>=1"),
     (["--max-batch", "1000"], "above the bundle's 256"),
-    (["--opt-batch", "0"], "--opt-batch 0 is outside 1..256"),
+    (["--opt-batch", "0"], "'--opt-batch': 0 is not in the range x>=1"),
     (["--max-batch", "8", "--opt-batch", "9"], "--opt-batch 9 is outside 1..8"),
-    (["--workspace", "0"], "--workspace must be >= 1 MB"),
+    (["--workspace", "0"], "'--workspace': 0 is not in the range x>=1"),
     (["--precision", "int8"], "needs --calib-data"),
     (["--precision", "int8", "--calib-data", "mnist"], "unknown data spec 'mnist'"),
     (["--calib-data", "digits"], "--calib-data goes with --precision int8"),

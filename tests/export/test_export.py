@@ -1,6 +1,8 @@
 """Export: every zoo model's ONNX step loop equals its torch multi-step forward; bundles are clean or absent."""
 
 import json
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -112,7 +114,8 @@ def test_confidence_is_the_max_softmax_of_accumulated_logits(digits_bundle):
 
 
 def test_fp16_bundle_agrees_with_fp32(digits_checkpoint, tmp_path):
-    manifest = export_checkpoint(digits_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16"))
+    options = ExportOptions(precision="fp16", encoder_split="on")
+    manifest = export_checkpoint(digits_checkpoint, tmp_path / "fp16", options)
     assert manifest.precision == "fp16" and manifest.input.dtype == "float32"
     graph = onnx.load(str(tmp_path / "fp16" / "step.onnx"))
     weights = {i.name: i.data_type for i in graph.graph.initializer if i.name.endswith("weight")}
@@ -144,8 +147,14 @@ def test_verify_passes_on_the_exported_bundle_and_fails_past_tolerance(digits_bu
     data = json.loads(report.read_text())
     assert data["passed"] and data["agreement"] == [1.0] * 4 and data["spike_layers"] == 3
     assert data["spike_flip_rate"] < 1e-4
-    strict = cli("verify", digits_bundle, "--data", "digits", "--samples", "20", "--min-agreement", "1.5")
-    assert strict.returncode == 1 and "FAIL" in strict.stdout
+    tampered = shutil.copytree(digits_bundle, tmp_path / "tampered.seenn")  # a valid graph that computes otherwise
+    graph = onnx.load(str(tampered / "step.onnx"))
+    for init in graph.graph.initializer:
+        if init.name.endswith("weight"):
+            init.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(init), init.name))
+    onnx.save(graph, str(tampered / "step.onnx"))
+    failed = cli("verify", tampered, "--data", "digits", "--samples", "20")
+    assert failed.returncode == 1 and "FAIL" in failed.stdout, failed.stderr
 
 
 def test_verify_refuses_another_checkpoint(digits_bundle, digits_checkpoint, tmp_path):
@@ -183,6 +192,31 @@ def test_existing_bundle_needs_force(digits_checkpoint, digits_bundle, tmp_path)
         export_checkpoint(digits_checkpoint, out)
     export_checkpoint(digits_checkpoint, out, ExportOptions(force=True, accumulate="sum"))
     assert read_manifest(out).exit.accumulate == "sum" and no_partials(tmp_path)
+
+
+def test_of_two_concurrent_exports_to_one_out_the_second_is_refused(digits_checkpoint, tmp_path):
+    import time
+
+    from seenn_deploy.files import lock_path
+
+    out = tmp_path / "b"
+    args = [sys.executable, "-m", "seenn_deploy.cli", "export", digits_checkpoint, "--out", out, "--force"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not lock_path(out).exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # paused inside the export, holding the lock, whatever the machine's speed
+    try:
+        second = cli("export", digits_checkpoint, "--out", out, "--force", "--accumulate", "sum")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=120) == 0, first.communicate()
+    first.stdout.close(), first.stderr.close()
+    assert second.returncode == 2 and second.stderr.strip() == (
+        f"error: {out} is being written by another seenn-deploy process (pid {first.pid}, export); "
+        "wait for it or choose another --out")
+    assert read_manifest(out).exit.accumulate == "mean" and [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
 def test_a_failing_export_leaves_nothing(digits_checkpoint, tmp_path, monkeypatch):
