@@ -38,7 +38,8 @@ def fresh_checkpoint(folder: Path) -> Path:
 
 
 def measure(bundle: Path, x: np.ndarray, device: str, batch: int, graphs: bool, exit_policy) -> dict:
-    from seenn_deploy.runtime.scheduler import Request, SlotScheduler
+    from seenn_deploy.runtime.requests import Requests
+    from seenn_deploy.runtime.scheduler import SlotScheduler
 
     with Runtime.from_bundle(bundle, backend="torch", exit=exit_policy, mode="slots", batch=batch,
                              device=device, cuda_graphs=graphs) as runtime:
@@ -46,7 +47,7 @@ def measure(bundle: Path, x: np.ndarray, device: str, batch: int, graphs: bool, 
         for rounds in (1, 2):  # the first round warms up (and captures the graph)
             scheduler = SlotScheduler(runtime.manifest, runtime.step, runtime.exit, batch, runtime.encoder,
                                       device_states=True)
-            scheduler.add([Request(s) for s in prepared])
+            scheduler.add(Requests.of(prepared))
             calls, seconds = runtime.step.calls, runtime.step.seconds
             started = time.perf_counter()
             while not scheduler.idle:

@@ -25,7 +25,8 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
 
 def torch_free_modules() -> list[str]:
     """Modules that must import without torch: everything outside the torch-side packages."""
-    torch_side = ("seenn_deploy.snn", "seenn_deploy.train", "seenn_deploy.export", "seenn_deploy.profile.energy")
+    torch_side = ("seenn_deploy.snn", "seenn_deploy.train", "seenn_deploy.export", "seenn_deploy.convert",
+                  "seenn_deploy.profile.energy")
     names = [m.name for m in pkgutil.walk_packages(seenn_deploy.__path__, "seenn_deploy.")]
     return [n for n in names if not n.startswith(torch_side) and not n.endswith(".__main__")]
 

@@ -117,7 +117,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     from seenn_deploy.lazy import require
 
     require("torch", "verify")
-    from seenn_deploy.data import Normalisation, parse_data_spec
+    from seenn_deploy.data import Normalisation, check_labels, parse_data_spec
     from seenn_deploy.files import file_sha256
     from seenn_deploy.export.verify import verify_bundle
     from seenn_deploy.runtime.manifest import read_manifest
@@ -137,6 +137,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
         raise UserError(f"{checkpoint} is not the checkpoint {bundle} was exported from (weights hash differs): "
                         "pass the right --checkpoint or re-export")
     data = source.load("test")
+    check_labels(data, manifest.num_classes, manifest.classes, f"bundle {bundle}")
     if samples is not None:
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,

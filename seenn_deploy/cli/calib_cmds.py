@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import emit_json, json_option
+from seenn_deploy.cli.options import COUNT, FiniteFloat, batch_size_option, emit_json, json_option, samples_option
 
 
 @cli.command("calibrate")
@@ -21,17 +21,17 @@ from seenn_deploy.cli.options import emit_json, json_option
                    "samples the model was not trained on.")
 @click.option("--calib-split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
               help="With --calib-data: its split to choose on.")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use the first N samples of each set.")
-@click.option("--target-drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
+@samples_option("Use the first N samples of each set.")
+@click.option("--target-drop", type=FiniteFloat(min=0), default=None, metavar="PTS",
               help="Fewest average timesteps with accuracy within PTS percentage points of Fixed(T_max).")
-@click.option("--target-timesteps", type=click.FloatRange(min=0), default=None, metavar="T",
+@click.option("--target-timesteps", type=FiniteFloat(min=0), default=None, metavar="T",
               help="Most accurate within T average timesteps.")
-@click.option("--alpha", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--alpha", type=FiniteFloat(0, 1, max_open=True), default=None,
               help="Use this alpha and report it (0 <= alpha < 1).")
-@click.option("--t-cap", type=click.IntRange(min=1), default=None, help="With --alpha: exit after this many steps at the latest.")
+@click.option("--t-cap", type=COUNT, default=None, help="With --alpha: exit after this many steps at the latest.")
 @click.option("--metric", type=click.Choice(["confidence", "entropy"]), default="confidence", show_default=True)
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@batch_size_option()
 @click.option("--no-test", is_flag=True, help="Do not score the choice on the test split.")
 @click.option("--no-write", is_flag=True, help="Report only; leave the bundle's exit settings as they are.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (they need the `plots` extra).")
@@ -40,11 +40,9 @@ from seenn_deploy.cli.options import emit_json, json_option
 def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_drop, target_timesteps, alpha, t_cap,
                   metric, backend, batch_size, no_test, no_write, no_plots, quiet, json_path) -> None:
     """Choose the exit (alpha, timestep cap) on held-out data by an exact sweep, score it once on test, write it."""
-    from seenn_deploy.calib.calibrate import Target, analyse, write_exit, write_report
-    from seenn_deploy.calib.data_plan import CALIB_DIR, CHOICE_PROFILE, TEST_PROFILE, obtain_profile, plan_data
-    from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
-    from seenn_deploy.data.progress import progress_enabled
-    from seenn_deploy.runtime.api import Runtime
+    from seenn_deploy.calib.calibrate import Target
+    from seenn_deploy.calib.data_plan import CALIB_DIR, plan_data
+    from seenn_deploy.files import FOLDER, bundle_lock, check_writable
     from seenn_deploy.runtime.bundle import bundle_path
     from seenn_deploy.runtime.manifest import read_manifest
 
@@ -52,7 +50,25 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
     target = Target(target_drop, target_timesteps, alpha, t_cap)
     target.check(manifest.timesteps)
     plan = plan_data(manifest, data_spec, calib_data, calib_split, samples, score_test=not no_test)
-    folder = bundle_path(bundle, CALIB_DIR, "the calib folder")
+    folder = check_writable(bundle_path(bundle, CALIB_DIR, "the calib folder"), "BUNDLE", FOLDER)
+    with bundle_lock(bundle, "calibrate"):
+        report, written = _calibrate(Path(bundle), folder, plan, target, metric, backend, batch_size, not no_write,
+                                     not no_plots, quiet)
+    _print_report(bundle, report, written)
+    emit_json(json_path, report.to_dict())
+
+
+def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: str, batch_size: int, write: bool,
+               plots: bool, quiet: bool):
+    """Profile (or reuse the profiles), choose, plot and write, under the bundle's lock -> (report, written exit)."""
+    from seenn_deploy.calib.calibrate import analyse, write_exit, write_report
+    from seenn_deploy.calib.data_plan import CHOICE_PROFILE, TEST_PROFILE, obtain_profile
+    from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
+    from seenn_deploy.data.progress import progress_enabled
+    from seenn_deploy.runtime.api import Runtime
+    from seenn_deploy.runtime.manifest import read_manifest
+
+    manifest = read_manifest(bundle)  # again, under the lock: another writer may have changed it
     folder.mkdir(exist_ok=True)
     fingerprint = bundle_fingerprint(bundle, manifest)
     runtime: Runtime | None = None
@@ -62,8 +78,7 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
         if runtime is None:
             runtime = Runtime.from_bundle(bundle, backend=backend, exit="fixed:1")
         runtime.prepare(data.x[:1])  # shape and dtype check with the runtime's message
-        with click.progressbar(length=len(data), label=f"profiling {key}", file=sys.stderr,
-                               hidden=quiet) as bar:
+        with click.progressbar(length=len(data), label=f"profiling {key}", file=sys.stderr, hidden=quiet) as bar:
             return profile_bundle(bundle, manifest, runtime.step, runtime.encoder, data.x, data.y, key, batch_size,
                                   bar.update)
 
@@ -76,20 +91,16 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
         if runtime is not None:
             runtime.close()
     report, chosen = analyse(choice, test, metric, target, plan.chosen_on)
-    if not no_plots:
+    if plots:
         from seenn_deploy.calib.plots import make_plots
 
-        correct = choice.correct() if choice.labels is not None else None
-        made, note = make_plots(folder, Path(bundle).name, report.to_dict(), choice.scores[metric], correct)
+        made, note = make_plots(folder, bundle.name, report.to_dict(), choice.scores[metric], choice.correct())
         report.plots = [str(p.relative_to(bundle)) for p in made]
         if note:
             report.warnings.append(note)
-    written = None
-    if chosen is not None and not no_write:
-        written = write_exit(bundle, manifest, chosen, metric, choice.data)
+    written = write_exit(bundle, manifest, chosen, metric, choice.data) if chosen is not None and write else None
     write_report(folder, report)
-    _print_report(bundle, report, written)
-    emit_json(json_path, report.to_dict())
+    return report, written
 
 
 def _percent(x: float) -> str:

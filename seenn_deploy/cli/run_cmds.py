@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import click
 import numpy as np
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import data_option, emit_json, json_option
+from seenn_deploy.cli.options import data_option, emit_json, json_option, writable_folder
 from seenn_deploy.errors import UserError
+
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # past this, ONNX Runtime's pool only adds contention
+threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+                              help=f"ONNX Runtime intra-op threads, 1..{MAX_THREADS} (default: ONNX Runtime's choice).")
+batch_option = click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
+                            help="Batch rows (up to the bundle's max batch).")
+mode_option = click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
 
 
 @cli.command("run")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @data_option
 @click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
-@click.option("--samples", type=int, default=None, help="Run the first N samples only.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Run the first N samples only.")
 @click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
 @click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy",
               help="Exit policy (default: the bundle's calibrated one, else fixed:T_max).")
-@click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
-@click.option("--batch", type=int, default=64, show_default=True)
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@mode_option
+@batch_option
+@threads_option
 @json_option
 def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, threads, json_path) -> None:
     """Run a bundle over a dataset with early exit: accuracy, average timesteps, exit histogram, throughput."""
-    from seenn_deploy.data import parse_data_spec
+    from seenn_deploy.data import check_labels, parse_data_spec
     from seenn_deploy.runtime.api import Runtime
     from seenn_deploy.runtime.report import summarise
 
@@ -34,12 +43,9 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
     options = {"threads": threads} if backend == "ort" else {}
     with Runtime.from_bundle(bundle, backend=backend, exit=exit_spec, mode=mode, batch=batch, **options) as runtime:
         data = source.load(split)
+        check_labels(data, runtime.manifest.num_classes, runtime.manifest.classes, f"bundle {bundle}")
         if samples is not None:
-            if samples < 1:
-                raise UserError(f"--samples must be >= 1, got {samples}")
             data = data.subset(samples)
-        import time
-
         started = time.perf_counter()
         results = runtime.infer(data.x)
         seconds = time.perf_counter() - started
@@ -55,23 +61,26 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
               help="What to measure: a bundle directory, a plan in BUNDLE/engines/, or a lone ONNX step graph.")
 @click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default=None,
               help="Default: trt for a plan, else ort.")
-@click.option("--batch", type=int, default=64, show_default=True)
-@click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
+@batch_option
+@mode_option
+@threads_option
 @click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy")
 @click.option("--data", "data_spec", default=None, metavar="SPEC",
               help="Samples (test split). Default: the data the bundle's checkpoint was trained on, else --synthetic.")
 @click.option("--synthetic", is_flag=True, help="Uniform random inputs of the bundle's shape.")
-@click.option("--samples", type=int, default=None, help="Use the first N samples (synthetic default 2048).")
-@click.option("--warmup-ms", type=float, default=200.0, show_default=True)
-@click.option("--duration-s", type=float, default=3.0, show_default=True)
-@click.option("--iterations", type=int, default=None, help="Passes over the data (instead of --duration-s).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Use the first N samples (synthetic default 2048).")
+@click.option("--warmup-ms", type=click.FloatRange(min=0), default=200.0, show_default=True)
+@click.option("--duration-s", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Answer this many passes' worth of samples (instead of --duration-s).")
 @click.option("--percentiles", default="50,90,95,99", show_default=True)
 @click.option("--compare", type=click.Choice(["fixed"]), default=None, help="Also run Fixed(T_max) on the same data.")
 @click.option("--power", type=click.Choice(["auto", "nvml", "tegrastats", "none"]), default="auto", show_default=True)
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable_folder,
               help="Write latency.png, exits.png, power plots and summary.md here.")
 @json_option
-def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, samples, warmup_ms, duration_s, iterations,
+def bench_cmd(engine, backend, batch, mode, threads, exit_spec, data_spec, synthetic, samples, warmup_ms, duration_s, iterations,
               percentiles, compare, power, plot_dir, json_path) -> None:
     """Latency, throughput, early-exit speedup and energy of a bundle, plan or step graph on this machine."""
     from seenn_deploy.profile.bench import BenchSettings, run_bench, write_plots
@@ -96,15 +105,17 @@ def bench_cmd(engine, backend, batch, mode, exit_spec, data_spec, synthetic, sam
         x = np.random.default_rng(0).uniform(0, 1, (n, *manifest.input.shape)).astype(np.float32)
         labels, name = None, f"synthetic uniform [0, 1], {n} samples"
     else:
-        from seenn_deploy.data import parse_data_spec
+        from seenn_deploy.data import check_labels, parse_data_spec
 
         data = parse_data_spec(data_spec).load("test")
+        check_labels(data, manifest.num_classes, manifest.classes, f"{engine}")
         data = data.subset(samples) if samples else data
         x, labels, name = data.x, data.y, data.name
     settings = BenchSettings(backend=backend, batch=batch, mode=mode, exit=exit_spec, warmup_s=warmup_ms / 1000,
                              duration_s=duration_s, iterations=iterations, percentiles=pcts,
                              compare_fixed=compare == "fixed", power=power)
-    report = run_bench(target, x, labels, name, settings)
+    options = {"threads": threads} if threads is not None else {}
+    report = run_bench(target, x, labels, name, settings, **options)
     click.echo(report.text())
     if plot_dir is not None:
         for path in write_plots(plot_dir, report):

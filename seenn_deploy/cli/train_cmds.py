@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import allow_pickle_option, data_option, emit_json, json_option
+from seenn_deploy.cli.options import allow_pickle_option, data_option, emit_json, json_option, writable_folder
 from seenn_deploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def models_cmd() -> None:
 @data_option
 @click.option("--timesteps", "-T", type=int, required=True, help="Timesteps per sample in training.")
 @click.option("--epochs", type=int, required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Checkpoint directory to create.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, callback=writable_folder,
+              help="Checkpoint directory to create.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (SGD, cosine schedule).")
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)

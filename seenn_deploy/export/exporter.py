@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from seenn_deploy.export.encoder_split import decide_split
 from seenn_deploy.export.precision import FP16_WEIGHTS, for_precision
 from seenn_deploy.export.onnx_export import GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
-from seenn_deploy.files import file_sha256
+from seenn_deploy.files import file_sha256, json_text
 from seenn_deploy.runtime.manifest import (
     ACCUMULATIONS, CONFIDENCE, LOGITS, MAX_BATCH, METADATA_KEY, PRECISIONS, PREDICTION, RESET, X, ExitInfo, InputInfo, Manifest,
     write_manifest,
@@ -136,7 +135,7 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         if not source.candidates:
             raise UserError("a policy network needs its timestep candidates")
         manifest.graphs["policy"] = "policy.onnx"
-    metadata = {METADATA_KEY: json.dumps(manifest.to_dict())}
+    metadata = {METADATA_KEY: json_text(manifest.to_dict())}
 
     def export(module: nn.Module, args: tuple, spec: GraphSpec, path: Path) -> None:
         export_graph(module, args, spec, path, options.opset, options.max_batch, options.exporter, metadata)

@@ -6,6 +6,12 @@ T_max / avg T are measured, not assumed. Per-sample latency is the service time,
 that admits a sample to the step it exits in (queueing excluded); per-step times come from the
 step executor. What runs is a `BenchTarget` (profile/target.py): a bundle, a plan in its bundle, or
 a lone ONNX step graph.
+
+Measurements run in steady state, as a server does: one continuous stream that cycles through the
+data, its queue never empty, so every step runs a full batch. Replaying the data in passes would
+drain the batch at the end of each pass (on a small data set, a large share of the steps run
+nearly empty while the slowest samples finish) and charge that to early exit. The timed window
+starts after the warm-up, with the batch already full, and ends without a drain.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from typing import Sequence
 
 import numpy as np
 
-from seenn_deploy.errors import UserError
+from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.profile.latency import DEFAULT_PERCENTILES, LatencyStats
 from seenn_deploy.profile.target import BenchTarget, resolve_target
 from seenn_deploy.runtime.api import Runtime
 from seenn_deploy.runtime.exit import Fixed
+from seenn_deploy.runtime.requests import Requests, Result
 
 POWER = ("auto", "nvml", "tegrastats", "none")
 
@@ -35,7 +42,7 @@ class BenchSettings:
     exit: str | None = None
     warmup_s: float = 0.2
     duration_s: float = 3.0
-    iterations: int | None = None  # passes over the data; overrides duration_s
+    iterations: int | None = None  # answer this many passes' worth of samples; overrides duration_s
     percentiles: Sequence[float] = DEFAULT_PERCENTILES
     compare_fixed: bool = False
     power: str = "auto"
@@ -51,7 +58,7 @@ class BenchSettings:
 class Measurement:
     exit: str
     samples: int
-    passes: int
+    passes: float  # samples answered / data set size
     seconds: float
     throughput: float  # samples / s
     avg_timesteps: float
@@ -89,7 +96,7 @@ class BenchReport:
         for run in self.runs:
             lines += [f"=== {run.exit} ===",
                       f"Throughput: {run.throughput:,.1f} samples/s ({run.samples} samples in {run.seconds:.3f} s, "
-                      f"{run.passes} pass{'es' if run.passes != 1 else ''})",
+                      f"{run.passes:.3g} passes over the data, steady state)",
                       "Latency (per sample, admission to exit): " + ", ".join(
                           f"{k[:-3]} = {v:.4g} ms" for k, v in run.latency.items() if k.endswith("_ms")),
                       f"Steps: {run.steps}, compute {run.step_ms:.4g} ms/step, host {run.host_ms_per_step:.4g} ms/step, "
@@ -163,45 +170,94 @@ class _TegraPower:
                 "summary": summary}
 
 
-def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings: BenchSettings, power) -> Measurement:
-    """Warm up, then run passes over x until the duration (or the iteration count) is reached."""
-    warm_until = time.perf_counter() + settings.warmup_s
-    while time.perf_counter() < warm_until:
-        runtime.infer(x[: max(settings.batch * 4, 1)])
-    calls, step_seconds = runtime.step.calls, runtime.step.seconds
+@dataclass
+class Stream:
+    """What a steady-state stream answered in its timed window: results in answer order, the data row
+    each answers (`rows` [n]), wall seconds, step and once-per-sample executor seconds, and the power
+    sampler's report, all over the window. `cpu_seconds` is the calling thread's CPU time in the window:
+    with an executor that computes in that thread (ORT with one thread), the work itself, unaffected
+    by whatever else the machine runs."""
+
+    results: list[Result]
+    rows: np.ndarray
+    seconds: float
+    steps: int
+    step_seconds: float
+    once_seconds: float
+    cpu_seconds: float
+    power: dict | None = None
+
+
+def steady_stream(runtime: Runtime, prepared: np.ndarray, answers: int | None = None, seconds: float | None = None,
+                  warmup_s: float = 0.0, power=None) -> Stream:
+    """Stream normalised samples [N, ...] through one scheduler, cycling through them, until `answers`
+    samples are answered (exactly that many are kept) or `seconds` have passed (and one was answered).
+
+    The queue is topped up with another pass whenever it holds less than a batch, so no step waits
+    for samples and none runs a draining batch. `warmup_s` of the same stream runs before the window.
+    """
+    if answers is None and seconds is None:
+        raise InternalError("steady_stream needs a number of answers or a duration")
+    scheduler = runtime.new_scheduler()
+    rows = np.arange(len(prepared))
     once = [e for e in (runtime.encoder, runtime.policy) if e is not None]
-    once_seconds = sum(e.seconds for e in once)
-    results = []
-    passes = 0
-    if power is not None:
-        power.start()
-    started = time.perf_counter()
-    while True:
-        results += runtime.infer(x)
-        passes += 1
-        elapsed = time.perf_counter() - started
-        if (settings.iterations is not None and passes >= settings.iterations) or (
-                settings.iterations is None and elapsed >= settings.duration_s):
-            break
-    power_report = power.stop() if power is not None else None
-    steps = runtime.step.calls - calls
-    step_s = runtime.step.seconds - step_seconds
-    once_s = sum(e.seconds for e in once) - once_seconds
+    results: list[Result] = []
+    keys: list = []
+
+    def tick() -> None:
+        while len(scheduler.pending) < runtime.batch:
+            scheduler.add(Requests.of(prepared, rows))
+        settled = scheduler.tick()
+        if settled.failed:
+            raise next(a for a in settled.answers if isinstance(a, BaseException))
+        results.extend(settled.answers)
+        keys.extend(settled.keys)
+
+    try:
+        warm_until = time.perf_counter() + warmup_s
+        while time.perf_counter() < warm_until:
+            tick()
+        del results[:], keys[:]
+        calls, step_s, once_s = runtime.step.calls, runtime.step.seconds, sum(e.seconds for e in once)
+        if power is not None:
+            power.start()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        while True:
+            tick()
+            elapsed = time.perf_counter() - started
+            if len(results) >= (answers or 1) and (answers is not None or elapsed >= seconds):
+                break
+        cpu = time.thread_time() - cpu_started
+        power_report = power.stop() if power is not None else None
+    finally:
+        scheduler.close()
+    kept = answers if answers is not None else len(results)
+    return Stream(results[:kept], np.array(keys[:kept], dtype=np.int64), elapsed, runtime.step.calls - calls,
+                  runtime.step.seconds - step_s, sum(e.seconds for e in once) - once_s, cpu, power_report)
+
+
+def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings: BenchSettings, power) -> Measurement:
+    """Warm up, then stream x in steady state for the duration (or the answers of `iterations` passes)."""
+    prepared = runtime.prepare(x)
+    answers = None if settings.iterations is None else settings.iterations * len(x)
+    stream = steady_stream(runtime, prepared, answers, settings.duration_s, settings.warmup_s, power)
+    results, elapsed, steps = stream.results, stream.seconds, stream.steps
     timesteps = np.array([r.timesteps for r in results])
     accuracy = None
     if labels is not None:
-        accuracy = float(np.mean(np.array([r.prediction for r in results]) == np.tile(labels, passes)))
+        accuracy = float(np.mean(np.array([r.prediction for r in results]) == labels[stream.rows]))
     service_ms = np.array([r.service for r in results]) * 1e3
     stats = LatencyStats.from_samples(service_ms / 1e3, settings.percentiles)
     counts, edges = np.histogram(service_ms, bins=40)
     return Measurement(
-        exit=runtime.exit.describe(), samples=len(results), passes=passes, seconds=elapsed,
+        exit=runtime.exit.describe(), samples=len(results), passes=len(results) / len(x), seconds=elapsed,
         throughput=len(results) / elapsed, avg_timesteps=float(timesteps.mean()),
         exit_histogram=np.bincount(timesteps, minlength=runtime.manifest.timesteps + 1)[1:].tolist(),
         accuracy=accuracy, latency=stats.to_dict(),
         latency_histogram={"edges_ms": edges.tolist(), "counts": counts.tolist()}, steps=steps,
-        step_ms=1e3 * step_s / max(steps, 1), encoder_ms_per_sample=1e3 * once_s / len(results),
-        host_ms_per_step=1e3 * (elapsed - step_s - once_s) / max(steps, 1), power=power_report,
+        step_ms=1e3 * stream.step_seconds / max(steps, 1), encoder_ms_per_sample=1e3 * stream.once_seconds / len(results),
+        host_ms_per_step=1e3 * (elapsed - stream.step_seconds - stream.once_seconds) / max(steps, 1),
+        power=stream.power,
     )
 
 

@@ -80,9 +80,8 @@ def run_timesteps(manifest: Manifest, step: Executor, x: np.ndarray, timesteps: 
 
 
 def open_bundle_graphs(bundle: Path, manifest: Manifest, providers=None) -> tuple[Executor, Executor | None]:
-    """(step, encoder or None) ORT executors for a bundle."""
-    from seenn_deploy.runtime.executors.ort import OrtExecutor
+    """(step, encoder or None) ORT executors for a bundle, checked against its manifest."""
+    from seenn_deploy.runtime.bundle import open_executors
 
-    step = OrtExecutor(Path(bundle) / manifest.graphs["step"], providers)
-    encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"], providers) if manifest.has_encoder else None
-    return step, encoder
+    graphs = open_executors(Path(bundle), manifest, "ort", providers)
+    return graphs.step, graphs.encoder

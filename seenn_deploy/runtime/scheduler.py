@@ -11,14 +11,16 @@
   sample runs to its exit in one tight loop, so the cost per step is the graph's and little more.
 
 All four give every sample exactly the same result it gets alone: rows never interact.
+
+Work is done in bulk, per step rather than per sample: samples queue as `Requests` blocks
+(arrays, one row per sample), enter their rows with one array write per field, and leave with
+one pass that builds their `Result`s. A sample costs the scheduler about a microsecond: what
+is left is building its Result and handing it to its owner.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,39 +28,19 @@ from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.runtime.executors.base import Executor
 from seenn_deploy.runtime.exit import ExitPolicy
 from seenn_deploy.runtime.manifest import CONFIDENCE, PREDICTION, RESET, X, Manifest
+from seenn_deploy.runtime.requests import Claim, RequestQueue, Requests, Result, Settled, results_of
 
 MODES = ("slots", "compact", "naive")
 
-
-@dataclass
-class Request:
-    """One sample: normalised input (the bundle's input shape), and where its answer goes."""
-
-    x: np.ndarray
-    submitted: float = field(default_factory=time.perf_counter)
-    future: Future | None = None
-    admitted: float = 0.0  # when it took a batch row
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """prediction, its confidence, timesteps used; seconds from submission (latency) and from admission (service) to answer."""
-
-    prediction: int
-    confidence: float
-    timesteps: int
-    latency: float
-    service: float = 0.0
-
-
-Outcome = tuple[Request, "Result | BaseException"]
-
-
 class Scheduler:
-    """Shared machinery: admission (encoder + exit budgets), one step, exit decisions."""
+    """Shared machinery: the queue, admission (claim, encoder, exit budgets), one step, results.
+
+    `tick()` admits what fits, runs one step and returns what it settled. A failure of the
+    step, the encoder or the exit policy fails the samples it concerns and no others.
+    """
 
     def __init__(self, manifest: Manifest, step: Executor, exit_policy: ExitPolicy, batch: int,
-                 encoder: Executor | None = None) -> None:
+                 encoder: Executor | None = None, claim: Claim | None = None) -> None:
         if batch < 1 or batch > manifest.max_batch:
             raise UserError(f"--batch {batch} is outside 1..{manifest.max_batch} (the bundle's max batch)")
         self.manifest = manifest
@@ -66,15 +48,17 @@ class Scheduler:
         self.encoder = encoder
         self.exit = exit_policy
         self.batch = batch
+        self.claim = claim
         self.event = manifest.input.kind == "event"
-        self.pending: deque[Request] = deque()
+        self.pending = RequestQueue()
+        self.admitting: np.ndarray | list | None = None  # keys taken from the queue that hold no row yet
         self.steps_run = 0  # step calls, for statistics
         self.admissions = 0
         self._placeholders: dict[int, dict[str, np.ndarray]] = {}
 
     # -- queue -----------------------------------------------------------------------------
-    def add(self, requests: list[Request]) -> None:
-        self.pending.extend(requests)
+    def add(self, requests: Requests) -> None:
+        self.pending.add(requests)
 
     @property
     def idle(self) -> bool:
@@ -82,36 +66,49 @@ class Scheduler:
 
     @property
     def active(self) -> int:
+        """Samples holding a batch row."""
         raise NotImplementedError
 
-    def tick(self) -> list[Outcome]:
+    def tick(self) -> Settled:
         """Admit what fits, run one step, return the samples that finished (or failed) in it."""
         raise NotImplementedError
 
-    def held(self) -> list[Request]:
-        """The requests that hold a batch row now (admitted, unanswered)."""
-        return [r for r in getattr(self, "rows", []) if r is not None]
+    def held(self) -> list:
+        """Keys of the samples admitted and not answered: what a failure inside tick() concerns."""
+        return self._held_keys() + ([] if self.admitting is None else list(self.admitting))
+
+    def _held_keys(self) -> list:
+        raise NotImplementedError
 
     def close(self) -> None:
         """Give back what the scheduler holds on the executor's device."""
 
     # -- helpers ---------------------------------------------------------------------------
-    def _take(self, n: int) -> list[Request]:
-        return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+    def _take(self, n: int) -> Requests:
+        """Up to n queued samples that are still wanted (`claim`), in order; may be empty."""
+        block = self.pending.take(n)
+        self.admitting = block.keys
+        if self.claim is not None:
+            wanted = self.claim(block.keys.tolist())
+            if not wanted.all():
+                block = block.select(wanted)
+                self.admitting = block.keys
+        return block
 
-    def _admit(self, requests: list[Request]) -> tuple[np.ndarray, np.ndarray] | list[Outcome]:
-        """(step inputs [n, ...], or all T_max frames [n, T, ...] for events; budgets [n]), or failures if admission raises."""
-        xs = requests[0].x[None] if len(requests) == 1 else np.stack([r.x for r in requests])
+    def _admit(self, x: np.ndarray, settled: Settled) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """For the `admitting` samples x [n, ...]: (step inputs [n, ...], or all T_max frames [n, T, ...]
+        for events; budgets [n]; admission time), or None when the encoder or the exit policy failed
+        them (then in `settled`)."""
         now = time.perf_counter()
-        for r in requests:
-            r.admitted = now
         self.admissions += 1
         try:
-            budgets = self.exit.budgets(xs, self.manifest.timesteps)
-            inputs = self.encoder.run({X: xs}, check=self.admissions == 1)["encoded"] if self.encoder is not None else xs
+            budgets = self.exit.budgets(x, self.manifest.timesteps)
+            inputs = self.encoder.run({X: x}, check=self.admissions == 1)["encoded"] if self.encoder is not None else x
         except Exception as exc:  # a failing policy or encoder fails these requests only
-            return [(r, exc) for r in requests]
-        return inputs, budgets
+            settled.fail(list(self.admitting), exc)
+            self.admitting = None
+            return None
+        return inputs, budgets, now
 
     def _fresh_states(self, n: int) -> dict[str, np.ndarray]:
         """Placeholder rows (shared, never written); `reset` makes the graph replace them with the initial values."""
@@ -133,15 +130,6 @@ class Scheduler:
     def _next_states(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {s.name: out[s.output] for s in self.manifest.states}
 
-    @staticmethod
-    def _results(requests: list[Request], rows: np.ndarray, prediction: np.ndarray, confidence: np.ndarray,
-                 steps: np.ndarray) -> list[Outcome]:
-        """Outcomes of the finished `rows` (indices into requests and the [B] arrays), one clock read for all."""
-        now = time.perf_counter()
-        return [(r, Result(p, c, t, now - r.submitted, now - r.admitted))
-                for r, p, c, t in zip([requests[i] for i in rows], prediction[rows].tolist(),
-                                      confidence[rows].tolist(), steps[rows].tolist())]
-
 
 class SlotScheduler(Scheduler):
     """B fixed slots; refilled with `reset` set as soon as they free up.
@@ -159,7 +147,6 @@ class SlotScheduler(Scheduler):
         b = self.batch
         use_device = uses_device_states(self.step_executor, device_states)
         self.device = self.step_executor.open_states(b, self.manifest.states) if use_device else None
-        self.rows: list[Request | None] = [None] * b
         shape = ((self.manifest.timesteps,) if self.event else ()) + tuple(self.manifest.step_input_shape)
         dtype = np.dtype(self.manifest.input.dtype)
         # Host copies of the slots' inputs: all of them on the host path and for events (a frame per
@@ -168,53 +155,80 @@ class SlotScheduler(Scheduler):
         self.inputs = np.zeros((b, *shape), dtype=dtype) if keep_inputs else None
         self.states = self._fresh_states(b) if self.device is None else {}
         self.written: dict[int, np.ndarray] = {}  # slot -> new x row, static inputs on the device path
+        self.keys = np.empty(b, dtype=object)  # each slot's owner key, None when free
+        self.occupied = np.zeros(b, dtype=np.bool_)
+        self.count = 0
+        self.submitted = np.zeros(b)
+        self.admitted = np.zeros(b)
         self.steps = np.zeros(b, dtype=np.int64)
         self.budget = np.ones(b, dtype=np.int64)
         self.reset = np.ones(b, dtype=np.bool_)
 
     @property
     def active(self) -> int:
-        return sum(r is not None for r in self.rows)
+        return self.count
 
-    def tick(self) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        free = [i for i, r in enumerate(self.rows) if r is None]
-        while free and self.pending:
-            batch = self._take(len(free))
-            admitted = self._admit(batch)
-            if isinstance(admitted, list):
-                outcomes += admitted
-                continue
-            inputs, budgets = admitted
-            slots, free = free[: len(batch)], free[len(batch):]
-            for slot, request in zip(slots, batch):
-                self.rows[slot] = request
-            if self.inputs is not None:
-                self.inputs[slots] = inputs
-            else:
-                self.written.update(zip(slots, inputs))
-            self.budget[slots] = budgets
-            self.steps[slots] = 0
-            self.reset[slots] = True
-        occupied = np.fromiter((r is not None for r in self.rows), dtype=np.bool_, count=self.batch)
-        if not occupied.any():
-            return outcomes
+    def _held_keys(self) -> list:
+        return self.keys[self.occupied].tolist()
+
+    def tick(self) -> Settled:
+        settled = Settled()
+        if self.count < self.batch and self.pending:
+            self._fill(settled)
+        if not self.count:
+            return settled
+        occupied = self.occupied
         self.reset |= ~occupied  # empty slots restart every step, so their garbage stays bounded
         try:
             confidence, prediction = self._step()
-        except Exception as exc:
-            outcomes += [(r, exc) for r in self.rows if r is not None]
-            self.rows = [None] * self.batch
+            self.reset[:] = False
+            self.steps += occupied
+            done = np.flatnonzero(occupied & self.exit.exits(confidence, self.steps, self.budget))
+        except Exception as exc:  # the step or the exit policy: the samples in the batch fail
+            rows = np.flatnonzero(occupied)
+            settled.fail(self.keys[rows].tolist(), exc)
+            self._free(rows)
             self.reset[:] = True
             self.written = {}
-            return outcomes
-        self.reset[:] = False
-        self.steps += occupied
-        done = np.flatnonzero(occupied & self.exit.exits(confidence, self.steps, self.budget))
-        outcomes += self._results(self.rows, done, prediction, confidence, self.steps)
-        for slot in done.tolist():
-            self.rows[slot] = None
-        return outcomes
+            return settled
+        if done.size:
+            now = time.perf_counter()
+            settled.answer(self.keys[done].tolist(),
+                           results_of(prediction[done], confidence[done], self.steps[done],
+                                      now - self.submitted[done], now - self.admitted[done]))
+            self._free(done)
+        return settled
+
+    def _fill(self, settled: Settled) -> None:
+        """Admit queued samples into the free slots: one array write per field for each block taken."""
+        free = np.flatnonzero(~self.occupied)
+        while free.size and self.pending:
+            block = self._take(free.size)
+            if not len(block):
+                continue
+            admitted = self._admit(block.x, settled)
+            if admitted is None:
+                continue
+            inputs, budgets, now = admitted
+            slots, free = free[: len(block)], free[len(block):]
+            if self.inputs is not None:
+                self.inputs[slots] = inputs
+            else:
+                self.written.update(zip(slots.tolist(), inputs))
+            self.keys[slots] = block.keys
+            self.submitted[slots] = block.submitted
+            self.admitted[slots] = now
+            self.budget[slots] = budgets
+            self.steps[slots] = 0
+            self.reset[slots] = True
+            self.occupied[slots] = True
+            self.count += len(slots)
+            self.admitting = None
+
+    def _free(self, rows: np.ndarray) -> None:
+        self.keys[rows] = None
+        self.occupied[rows] = False
+        self.count -= len(rows)
 
     def _step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step of all B slots -> (confidence [B], prediction [B])."""
@@ -240,94 +254,122 @@ class CompactScheduler(Scheduler):
         self._clear()
 
     def _clear(self) -> None:
-        self.rows: list[Request] = []
+        self.keys = np.empty(0, dtype=object)
         self.inputs: np.ndarray | None = None
         self.states: dict[str, np.ndarray] = {}
+        self.submitted = np.zeros(0)
+        self.admitted = np.zeros(0)
         self.steps = np.zeros(0, dtype=np.int64)
         self.budget = np.zeros(0, dtype=np.int64)
         self.reset = np.zeros(0, dtype=np.bool_)
 
     @property
     def active(self) -> int:
-        return len(self.rows)
+        return len(self.keys)
 
-    def _join(self, batch: list[Request], inputs: np.ndarray, budgets: np.ndarray) -> None:
-        n = len(batch)
+    def _held_keys(self) -> list:
+        return self.keys.tolist()
+
+    def _join(self, block: Requests, inputs: np.ndarray, budgets: np.ndarray, now: float) -> None:
+        n = len(block)
         fresh = self._fresh_states(n)
-        if self.rows:
+        if len(self.keys):
             self.inputs = np.concatenate([self.inputs, inputs])
             self.states = {k: np.concatenate([v, fresh[k]]) for k, v in self.states.items()}
         else:
             self.inputs, self.states = inputs, fresh
-        self.rows += batch
+        self.keys = np.concatenate([self.keys, block.keys.astype(object, copy=False)])
+        self.submitted = np.concatenate([self.submitted, block.submitted])
+        self.admitted = np.concatenate([self.admitted, np.full(n, now)])
         self.steps = np.concatenate([self.steps, np.zeros(n, dtype=np.int64)])
         self.budget = np.concatenate([self.budget, budgets])
         self.reset = np.concatenate([self.reset, np.ones(n, dtype=np.bool_)])
+        self.admitting = None
 
-    def _admit_up_to(self, room: int) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+    def _admit_up_to(self, room: int, settled: Settled) -> None:
         while room > 0 and self.pending:
-            batch = self._take(room)
-            admitted = self._admit(batch)
-            if isinstance(admitted, list):
-                outcomes += admitted
+            block = self._take(room)
+            if not len(block):
                 continue
-            self._join(batch, *admitted)
-            room -= len(batch)
-        return outcomes
+            admitted = self._admit(block.x, settled)
+            if admitted is not None:
+                self._join(block, *admitted)
+                room -= len(block)
 
-    def tick(self) -> list[Outcome]:
-        outcomes = self._admit_up_to(self.batch - len(self.rows))
-        if not self.rows:
-            return outcomes
+    def _step_and_decide(self, settled: Settled, live: np.ndarray | None = None) -> tuple[dict, np.ndarray] | None:
+        """Run one step of every row; (outputs, exits [n]), or None when it failed the `live` rows (default all)."""
         try:
             out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
+            self.steps += 1
+            self.reset[:] = False
+            return out, self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
         except Exception as exc:
-            outcomes += [(r, exc) for r in self.rows]
+            settled.fail((self.keys if live is None else self.keys[live]).tolist(), exc)
             self._clear()
-            return outcomes
-        self.steps += 1
-        self.reset[:] = False
-        done = self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
-        outcomes += self._results(self.rows, np.flatnonzero(done), out[PREDICTION], out[CONFIDENCE], self.steps)
+            return None
+
+    def _answer(self, settled: Settled, done: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        rows = np.flatnonzero(done)
+        if rows.size:
+            now = time.perf_counter()
+            settled.answer(self.keys[rows].tolist(),
+                           results_of(out[PREDICTION][rows], out[CONFIDENCE][rows], self.steps[rows],
+                                      now - self.submitted[rows], now - self.admitted[rows]))
+
+    def tick(self) -> Settled:
+        settled = Settled()
+        self._admit_up_to(self.batch - len(self.keys), settled)
+        if not len(self.keys):
+            return settled
+        stepped = self._step_and_decide(settled)
+        if stepped is None:
+            return settled
+        out, done = stepped
+        self._answer(settled, done, out)
         if done.all():
             self._clear()
         elif done.any():
             keep = ~done
-            self.rows = [r for r, k in zip(self.rows, keep) if k]
-            self.inputs = self.inputs[keep]
+            self.keys, self.inputs = self.keys[keep], self.inputs[keep]
             self.states = {k: v[keep] for k, v in self._next_states(out).items()}
+            self.submitted, self.admitted = self.submitted[keep], self.admitted[keep]
             self.steps, self.budget, self.reset = self.steps[keep], self.budget[keep], self.reset[keep]
         else:
             self.states = self._next_states(out)
-        return outcomes
+        return settled
 
 
 class NaiveScheduler(CompactScheduler):
     """Waves of B samples; a wave runs until its slowest sample exits (finished rows keep computing)."""
 
-    def tick(self) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        if not self.rows:
-            outcomes += self._admit_up_to(self.batch)
-            self.finished = np.zeros(len(self.rows), dtype=np.bool_)
-        if not self.rows:
-            return outcomes
-        try:
-            out = self._run(self._frame(self.inputs, self.steps), self.reset, self.states)
-        except Exception as exc:
-            outcomes += [(r, exc) for r, finished in zip(self.rows, self.finished) if not finished]
-            self._clear()
-            return outcomes
-        self.steps += 1
-        self.reset[:] = False
+    def _clear(self) -> None:
+        super()._clear()
+        self.finished = np.zeros(0, dtype=np.bool_)
+
+    def _join(self, *args) -> None:
+        super()._join(*args)
+        self.finished = np.zeros(len(self.keys), dtype=np.bool_)
+
+    def _held_keys(self) -> list:
+        return self.keys[~self.finished].tolist()
+
+    def tick(self) -> Settled:
+        settled = Settled()
+        if not len(self.keys):
+            self._admit_up_to(self.batch, settled)
+        if not len(self.keys):
+            return settled
+        stepped = self._step_and_decide(settled, live=~self.finished)
+        if stepped is None:
+            return settled
+        out, exits = stepped
         self.states = self._next_states(out)
-        done = ~self.finished & self.exit.exits(out[CONFIDENCE], self.steps, self.budget)
-        outcomes += self._results(self.rows, np.flatnonzero(done), out[PREDICTION], out[CONFIDENCE], self.steps)
+        done = ~self.finished & exits
+        self._answer(settled, done, out)
         self.finished |= done
         if self.finished.all():  # budgets are <= T_max, so every wave ends
             self._clear()
-        return outcomes
+        return settled
 
 
 class SerialScheduler(Scheduler):
@@ -345,34 +387,40 @@ class SerialScheduler(Scheduler):
         self.first = np.ones(1, dtype=np.bool_)
         self.later = np.zeros(1, dtype=np.bool_)
         self.carry = [(s.name, s.output) for s in self.manifest.states]  # state input <- its output
-        self.current: Request | None = None  # the sample inside tick(), for held() if tick() is interrupted
 
     @property
     def active(self) -> int:
         return 0  # a sample never stays between ticks
 
-    def held(self) -> list[Request]:
-        return [self.current] if self.current is not None else []
+    def _held_keys(self) -> list:
+        return []  # the sample inside tick() is `admitting` until answered
 
-    def tick(self) -> list[Outcome]:
-        if not self.pending:
-            return []
-        request = self.current = self.pending.popleft()
-        admitted = self._admit([request])
-        if isinstance(admitted, list):
-            self.current = None
-            return admitted
+    def tick(self) -> Settled:
+        settled = Settled()
+        while self.pending:  # one sample at a time, without building blocks: at batch 1 that costs what a step does
+            x, key, submitted = self.pending.pop()
+            if self.claim is None or self.claim([key])[0]:
+                break
+        else:
+            return settled
+        self.admitting = [key]
+        admitted = self._admit(x, settled)
+        if admitted is None:
+            return settled
+        inputs, budgets, now = admitted
         try:
-            outcome = self._run_to_exit(request, *admitted)
+            result = self._run_to_exit(inputs, int(budgets[0]), submitted, now)
         except Exception as exc:  # the step, or the exit policy on this sample's outputs
-            outcome = exc
-        self.current = None
-        return [(request, outcome)]
+            settled.fail([key], exc)
+        else:
+            settled.answer([key], [result])
+        self.admitting = None
+        return settled
 
-    def _run_to_exit(self, request: Request, inputs: np.ndarray, budgets: np.ndarray) -> Result:
+    def _run_to_exit(self, inputs: np.ndarray, budget: int, submitted: float, admitted: float) -> Result:
         # One feed dict per sample, updated in place: at batch 1 the dict building costs what a step's tail does.
         feeds = {X: inputs[:, 0] if self.event else inputs, RESET: self.first, **self._fresh_states(1)}
-        run, exits, budget, steps = self.step_executor.run, self.exit.exits, int(budgets[0]), 0
+        run, exits, steps = self.step_executor.run, self.exit.exits, 0
         while True:
             self.steps_run += 1
             out = run(feeds, check=self.steps_run == 1)
@@ -380,8 +428,7 @@ class SerialScheduler(Scheduler):
             confidence = float(out[CONFIDENCE][0])
             if exits(confidence, steps, budget):  # Python scalars: the policies' array code, without array overhead
                 now = time.perf_counter()
-                return Result(int(out[PREDICTION][0]), confidence, steps, now - request.submitted,
-                              now - request.admitted)
+                return Result(int(out[PREDICTION][0]), confidence, steps, now - submitted, now - admitted)
             for name, output in self.carry:
                 feeds[name] = out[output]
             feeds[RESET] = self.later
@@ -393,7 +440,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {"slots": SlotScheduler, "compact": Com
 
 
 def make_scheduler(mode: str, manifest: Manifest, step: Executor, exit_policy: ExitPolicy, batch: int,
-                   encoder: Executor | None = None, device_states: bool | None = None) -> Scheduler:
+                   encoder: Executor | None = None, device_states: bool | None = None,
+                   claim: Claim | None = None) -> Scheduler:
     """The scheduler for `mode`; `device_states` applies to slot mode (the others reshape states on the host).
 
     Batch 1 with host states runs serially (the modes coincide there); slot mode with device
@@ -402,11 +450,11 @@ def make_scheduler(mode: str, manifest: Manifest, step: Executor, exit_policy: E
     if mode not in SCHEDULERS:
         raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "slots" and uses_device_states(step, device_states):
-        return SlotScheduler(manifest, step, exit_policy, batch, encoder, device_states=True)
+        return SlotScheduler(manifest, step, exit_policy, batch, encoder, claim, device_states=True)
     if batch == 1:
-        return SerialScheduler(manifest, step, exit_policy, batch, encoder)
+        return SerialScheduler(manifest, step, exit_policy, batch, encoder, claim)
     kwargs = {"device_states": False} if mode == "slots" else {}
-    return SCHEDULERS[mode](manifest, step, exit_policy, batch, encoder, **kwargs)
+    return SCHEDULERS[mode](manifest, step, exit_policy, batch, encoder, claim, **kwargs)
 
 
 def uses_device_states(step: Executor, device_states: bool | None) -> bool:

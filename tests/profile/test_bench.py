@@ -46,3 +46,35 @@ def test_bench_defaults_to_the_bundles_training_data(digits_bundle, tmp_path):
                  "--json", tmp_path / "b.json")
     assert result.returncode == 0, result.stderr
     assert "digits" in result.stderr and json.loads((tmp_path / "b.json").read_text())["data"] == "digits (test)"
+
+
+def test_bench_measures_a_steady_stream_without_drain(digits_bundle, tmp_path):
+    """Every step of the window runs a full batch: the answered samples' timesteps fill steps x batch rows,
+    up to the rows in flight at the window's two ends. Replaying passes would add drain steps."""
+    out = tmp_path / "bench.json"
+    result = cli("bench", "--engine", digits_bundle, "--data", "digits", "--exit", "confidence:0.9", "--batch", "32",
+                 "--iterations", "3", "--warmup-ms", "50", "--power", "none", "--json", out)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["samples"] == 3 * 360 and run["passes"] == 3.0
+    row_steps = run["samples"] * run["avg_timesteps"]
+    assert abs(run["steps"] * 32 - row_steps) <= 32 * 4, (run["steps"], row_steps)
+
+
+def test_run_and_bench_refuse_out_of_range_options(digits_bundle, run_cli):
+    for args in (["--samples", "-5"], ["--samples", "0"], ["--threads", "100000"], ["--threads", "-1"],
+                 ["--batch", "0"], ["--duration-s", "0"], ["--iterations", "0"]):
+        error = run_cli("bench", "--engine", digits_bundle, "--synthetic", "--power", "none", *args).error()
+        assert args[0] in error and "range" in error, error
+    for args in (["--samples", "0"], ["--threads", "0"], ["--batch", "-1"]):
+        error = run_cli("run", digits_bundle, "--data", "digits", *args).error()
+        assert args[0] in error and "range" in error, error
+
+
+def test_run_reports_service_time_and_queueing_apart(digits_bundle, run_cli, tmp_path):
+    result = run_cli("run", digits_bundle, "--data", "digits", "--exit", "confidence:0.9", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    assert "service time" in result.out and "(admission to exit)" in result.out and "queueing" in result.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < report["service_ms_mean"] <= report["service_ms_p99"]
+    assert report["queue_ms_mean"] > 0 and "latency_ms_mean" not in report

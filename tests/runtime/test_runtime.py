@@ -195,17 +195,18 @@ def test_torch_backend_matches_onnx_runtime(digits_bundle, digits):
 
 def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
     """With I/O binding the states stay in the executor's OrtValues: run() is never called."""
-    from seenn_deploy.runtime.scheduler import Request, SlotScheduler
+    from seenn_deploy.runtime.requests import Requests
+    from seenn_deploy.runtime.scheduler import SlotScheduler
 
     manifest = read_manifest(digits_bundle)
     step, encoder = open_bundle_graphs(digits_bundle, manifest)
     scheduler = SlotScheduler(manifest, step, Confidence(ALPHA), 8, encoder, device_states=True)
     assert scheduler.device is not None and scheduler.states == {}
     step.run = None  # the host path would call it
-    scheduler.add([Request(x) for x in digits.x[:20]])
+    scheduler.add(Requests.of(digits.x[:20]))
     done = []
     while not scheduler.idle:
-        done += scheduler.tick()
+        done += scheduler.tick().keys
     scheduler.close()
     assert len(done) == 20 and step.calls == scheduler.steps_run
 
@@ -213,20 +214,21 @@ def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_device_states_read_back_only_the_head(digits_bundle, digits, offline, backend):
     """Slot mode with device states: exact results, and 8 bytes per slot per step come back (conf + pred)."""
-    from seenn_deploy.runtime.scheduler import Request, SlotScheduler
+    from seenn_deploy.runtime.requests import Requests
+    from seenn_deploy.runtime.scheduler import SlotScheduler
 
     manifest = read_manifest(digits_bundle)
     with Runtime.from_bundle(digits_bundle, backend=backend, exit=Confidence(ALPHA)) as runtime:
         scheduler = SlotScheduler(manifest, runtime.step, Confidence(ALPHA), 16, runtime.encoder, device_states=True)
         assert scheduler.device is not None
-        requests = [Request(x) for x in runtime.prepare(digits.x)]
-        scheduler.add(requests)
+        scheduler.add(Requests.of(runtime.prepare(digits.x)))
         answers = {}
         while not scheduler.idle:
-            answers.update({id(r): o for r, o in scheduler.tick()})
+            settled = scheduler.tick()
+            answers.update(zip(settled.keys, settled.answers))
         device = scheduler.device
         scheduler.close()
-    assert [answers[id(r)].timesteps for r in requests] == offline[0].tolist()
+    assert [answers[i].timesteps for i in range(len(digits.x))] == offline[0].tolist()
     assert device.bytes_to_host == scheduler.steps_run * 16 * 8
 
 
