@@ -186,6 +186,11 @@ def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str,
         "previous_exit": {"kind": info.kind, "alpha": info.alpha, "t_cap": info.t_cap},
     })
     fixed = point.fixed_steps
+    if info.kind == "policy":  # the policy stays the default; `policy+confidence` reads the alpha
+        if fixed is None:
+            info.alpha = float(point.alpha)
+        write_manifest(bundle, manifest)
+        return f"policy, alpha {info.alpha:.6g} for policy+confidence"
     cap = fixed if fixed is not None else point.t_cap
     info.kind = "fixed" if fixed is not None else "confidence"
     info.t_cap = None if cap >= manifest.timesteps else cap

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import COUNT, FiniteFloat, batch_size_option, emit_json, json_option, samples_option
@@ -103,6 +104,31 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
     return report, written
 
 
+def _fixed_line(fixed: list[dict]) -> str:
+    """Fixed(T) accuracies; past 8 steps only T = 1, 2, 4, 8, ... and T_max, to fit a line."""
+    last = fixed[-1]["timesteps"]
+    keep = [f for f in fixed if last <= 8 or f["timesteps"] == last or f["timesteps"] & (f["timesteps"] - 1) == 0]
+    return "  ".join(f"T={f['timesteps']}: {_percent(f['accuracy'])}" for f in keep)
+
+
+def _verdicts(rows: list[dict]) -> str:
+    """'dominates T=2-64; equal T=1': each verdict with the Fixed(T) points it holds for, as ranges."""
+    groups: dict[str, list[int]] = {}
+    for row in rows:
+        groups.setdefault(row["verdict"], []).append(row["timesteps"])
+    return "; ".join(f"{verdict} T={_ranges(ts)}" for verdict, ts in groups.items())
+
+
+def _ranges(values: list[int]) -> str:
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -111,22 +137,23 @@ def _print_report(bundle: Path, report, written: str | None) -> None:
     choice, chosen, test = report.choice, report.chosen, report.test
     click.echo(f"{bundle}: metric {report.metric}, T_max {report.timesteps}")
     click.echo(f"  chosen on {choice['data']}: {choice['samples']} samples")
-    click.echo("  fixed T:  " + "  ".join(f"T={f['timesteps']}: {_percent(f['accuracy'])}" for f in choice["fixed"]))
+    click.echo(f"  fixed T:  {_fixed_line(choice['fixed'])}")
     click.echo(f"  AET {choice['aet']:.3f}   empirical AET {choice['empirical_aet']:.3f}   exact sweep over "
                f"{choice['points']} (alpha, T_cap) points in {1000 * choice['sweep_seconds']:.1f} ms, "
                f"{len(choice['front'])} on the Pareto front")
-    click.echo("  exit                      accuracy  avg T   exits per t (%)")
+    shown = max(max(np.flatnonzero(row["exit_shares"]), default=0) for row in choice["table"]) + 1  # no all-zero tail
+    click.echo(f"  exit                      accuracy  avg T   exits per t (%){'' if shown == report.timesteps else f', t = 1..{shown}'}")
     for row in choice["table"]:
-        shares = " ".join(f"{100 * s:5.1f}" for s in row["exit_shares"])
+        shares = " ".join(f"{100 * s:5.1f}" for s in row["exit_shares"][:shown])
         click.echo(f"  {row['exit']:<24}  {_percent(row['accuracy']):>7}  {row['avg_timesteps']:5.3f}   {shares}")
     if chosen is not None:
         click.echo(f"  chosen {chosen['exit']}: {_percent(chosen['accuracy'])} at {chosen['avg_timesteps']:.3f} average "
                    f"timesteps ({report.chosen_on})")
-        click.echo("    vs Fixed T: " + ", ".join(f"T={v['timesteps']} {v['verdict']}" for v in chosen["vs_fixed"]))
+        click.echo(f"    vs Fixed(T): {_verdicts(chosen['vs_fixed'])}")
     if test is not None:
         full = test["fixed"][-1]
         click.echo(f"  on test, {test['data']}: {test['samples']} samples, scored once")
-        click.echo("  fixed T:  " + "  ".join(f"T={f['timesteps']}: {_percent(f['accuracy'])}" for f in test["fixed"]))
+        click.echo(f"  fixed T:  {_fixed_line(test['fixed'])}")
         if "chosen" in test:
             c = test["chosen"]
             drop = 100 * (full["accuracy"] - c["accuracy"])

@@ -120,8 +120,8 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         num_classes=model.num_classes,
         classes=list(source.classes),
         timesteps=source.timesteps,
-        exit=ExitInfo(kind="fixed", alpha=None, accumulate=options.accumulate, temperature=options.temperature,
-                      candidates=list(source.candidates)),
+        exit=ExitInfo(kind="fixed" if source.policy is None else "policy", alpha=None, accumulate=options.accumulate,
+                      temperature=options.temperature, candidates=list(source.candidates)),
         precision=options.precision,
         fp32_layers=list(options.fp32_layers),
         fp16_weights=options.fp16_weights,
@@ -159,11 +159,15 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
 def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None = None,
                       allow_pickle: bool = False) -> Manifest:
     """Export a checkpoint directory made by `seenn-deploy train` (or convert)."""
-    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
+    from seenn_deploy.snn.checkpoint import POLICY_WEIGHTS_FILE, WEIGHTS_FILE, load_checkpoint, load_policy
 
     options = options or ExportOptions()
     options.check()
     model, config = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    kind = (config.model.get("neuron") or {}).get("kind", "lif")
+    if kind in ("qcfs", "relu"):
+        raise UserError(f"{checkpoint} is an ANN ({kind} activations): convert it to an SNN first with "
+                        f"`seenn-deploy convert {checkpoint} --out SNN_CHECKPOINT`")
     if not isinstance(model, SpikingModel):
         raise UserError(f"{checkpoint} holds {config.arch}, which is not a spiking model")
     weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
@@ -171,6 +175,9 @@ def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None
                   "data": config.data, "metrics": config.metrics,
                   "validation": getattr(config, "validation", None)}
     policy = load_policy(checkpoint, config) if Path(checkpoint).is_dir() else None
+    if policy is not None:  # which policy: what it was trained for, and its weights
+        provenance["policy"] = {"sha256": file_sha256(Path(checkpoint) / POLICY_WEIGHTS_FILE),
+                                **{k: config.policy[k] for k in ("beta", "reward") if k in config.policy}}
     source = ExportSource(
         model=model, timesteps=config.timesteps, classes=config.classes,
         policy=policy[0] if policy else None, candidates=policy[1] if policy else [],

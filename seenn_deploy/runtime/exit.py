@@ -15,6 +15,15 @@ from seenn_deploy.runtime.executors.base import Executor
 from seenn_deploy.runtime.manifest import X, Manifest
 
 
+def _threshold(alpha: float, spelling: str) -> float:
+    """alpha checked and rounded to float32, the confidence's type: the same comparison for float32 arrays and
+    for Python floats (the batch-1 path), where comparing with alpha itself could differ at a tie."""
+    if not 0.0 <= alpha < 1.0:
+        raise UserError(f"{spelling} needs 0 <= A < 1, got {alpha} (a confidence never exceeds 1: "
+                        "for no early exit use fixed:T)")
+    return float(np.float32(alpha))
+
+
 class ExitPolicy:
     """Base: `budgets` at admission (max steps per sample), `exits` after every step."""
 
@@ -64,17 +73,12 @@ class Confidence(ExitPolicy):
     alpha: float
     t_cap: int | None = None
     name = "confidence"
-    # alpha rounded to float32, the confidence's type: the same comparison for float32 arrays and
-    # for Python floats (the batch-1 path), where comparing with alpha itself could differ at a tie
-    threshold: float = field(init=False, repr=False)
+    threshold: float = field(init=False, repr=False)  # alpha as float32 (_threshold)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha < 1.0:
-            raise UserError(f"confidence:A needs 0 <= A < 1, got {self.alpha} (a confidence never exceeds 1: "
-                            "for no early exit use fixed:T)")
         if self.t_cap is not None and self.t_cap < 1:
             raise UserError(f"confidence:A@T needs a cap T >= 1, got {self.t_cap}")
-        object.__setattr__(self, "threshold", float(np.float32(self.alpha)))  # frozen: alpha and threshold agree
+        object.__setattr__(self, "threshold", _threshold(self.alpha, "confidence:A"))  # frozen: set once, here
 
     def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
         if self.t_cap is not None and self.t_cap > t_max:
@@ -90,7 +94,10 @@ class Confidence(ExitPolicy):
 
 @dataclass
 class Policy(ExitPolicy):
-    """SEENN-II: the policy network looks at each sample once and picks T from the candidates."""
+    """SEENN-II: the policy network looks at each sample once and picks T from the candidates.
+
+    It runs at admission, on the whole block of samples admitted together (one call per block).
+    """
 
     executor: Executor
     candidates: list[int] = field(default_factory=list)
@@ -108,14 +115,38 @@ class Policy(ExitPolicy):
         return f"policy:{','.join(map(str, self.candidates))}"
 
 
-EXIT_SYNTAX = "fixed:T, confidence:ALPHA[@T_CAP], confidence[@T_CAP] (the bundle's alpha) or policy"
+@dataclass
+class PolicyConfidence(Policy):
+    """The policy's T as a cap on the confidence exit: stop when the confidence passes alpha or at the policy's T.
+
+    alpha -> 1 gives the plain policy exit; every sample stops no later than there, some earlier.
+    """
+
+    alpha: float = 0.0
+    name = "policy+confidence"
+    threshold: float = field(init=False, repr=False)  # alpha as float32 (_threshold)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.threshold = _threshold(self.alpha, "policy+confidence:A")
+
+    def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:
+        return (confidence > self.threshold) | (steps >= budget)
+
+    def describe(self) -> str:
+        return f"policy+confidence:{self.alpha:g}"
+
+
+EXIT_SYNTAX = ("fixed:T, confidence:ALPHA[@T_CAP], confidence[@T_CAP] (the bundle's alpha), policy or "
+               "policy+confidence[:ALPHA]")
 
 
 def parse_exit(text: str | None, manifest: Manifest, policy_executor: Executor | None = None) -> ExitPolicy:
     """An exit policy from its spelling (EXIT_SYNTAX); None: the bundle's default.
 
     'confidence:0.9@3' exits when the confidence passes 0.9 and after 3 steps at the latest;
-    'confidence' takes the bundle's calibrated alpha and cap, 'confidence@3' its alpha with cap 3.
+    'confidence' takes the bundle's calibrated alpha and cap, 'confidence@3' its alpha with cap 3;
+    'policy+confidence:0.9' exits when the confidence passes 0.9 and at the policy's T at the latest.
     """
     info = manifest.exit
     if text is None:
@@ -141,10 +172,15 @@ def parse_exit(text: str | None, manifest: Manifest, policy_executor: Executor |
             if info.alpha is None:
                 raise UserError("the bundle has no calibrated alpha: give confidence:ALPHA or run `seenn-deploy calibrate`")
             return Confidence(info.alpha, cap if cap is not None else info.t_cap)
+        if kind == PolicyConfidence.name or (kind == Policy.name and not arg):
+            if policy_executor is None:
+                raise UserError(f"--exit {kind} needs a bundle with policy.onnx (export a checkpoint that has a "
+                                "policy: `seenn-deploy train-policy`)")
+            if kind == Policy.name:
+                return Policy(policy_executor, info.candidates)
+            if not arg and info.alpha is None:
+                raise UserError("the bundle has no calibrated alpha: give policy+confidence:ALPHA")
+            return PolicyConfidence(policy_executor, info.candidates, float(arg) if arg else info.alpha)
     except ValueError:
         raise UserError(f"--exit {text!r}: a number in it is not valid; use {EXIT_SYNTAX}") from None
-    if kind == "policy" and not arg:
-        if policy_executor is None:
-            raise UserError("--exit policy needs a bundle with policy.onnx (export a checkpoint that has a policy)")
-        return Policy(policy_executor, info.candidates)
     raise UserError(f"--exit {text!r} is not one of {EXIT_SYNTAX}")

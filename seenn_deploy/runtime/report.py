@@ -41,9 +41,11 @@ class RunSummary:
                      "(admission to exit)")
         lines.append(f"  queueing          mean {self.queue_ms_mean:.1f} ms, p99 {self.queue_ms_p99:.1f} ms per sample "
                      "(submission to admission; all samples queue at once)")
-        lines.append("  exits per timestep")
+        used = max((t for t, n in enumerate(self.exit_histogram, start=1) if n), default=1)
+        rest = len(self.exit_histogram) - used
+        lines.append("  exits per timestep" + (f" (none after t={used}, of {len(self.exit_histogram)})" if rest else ""))
         widest = max(self.exit_histogram) or 1
-        for t, n in enumerate(self.exit_histogram, start=1):
+        for t, n in enumerate(self.exit_histogram[:used], start=1):
             bar = "#" * round(40 * n / widest)
             lines.append(f"    t={t:<3d} {n:>7d} {100 * n / max(self.samples, 1):6.2f}%  {bar}")
         return "\n".join(lines)

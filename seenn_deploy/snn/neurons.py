@@ -6,6 +6,9 @@ inside models, which loops `step` over the timesteps folded into the batch dimen
 Dynamics for one timestep (threshold theta):
     LIF: v = tau * v + x;  s = fire(v - theta);  v = v * (1 - s)     (hard reset to 0)
     IF:  v = v + x;        s = fire(v - theta);  v = v - s * theta   (soft reset, by subtraction)
+
+A neuron with `scale_spikes` emits theta per spike instead of 1 (models converted from ANNs,
+where theta is the layer's activation scale); its recorded spikes stay 0/1.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from seenn_deploy.snn.surrogate import FiringCondition, Surrogate, Triangle, che
 
 
 class SpikingNeuron(Stateful):
-    """Base: threshold, firing condition, surrogate and the membrane's initial value.
+    """Base: threshold, firing condition, surrogate, the membrane's initial value, and the spike's value.
 
     Subclasses implement `charge` (integrate the input) and `reset` (after a spike).
     """
@@ -30,6 +33,7 @@ class SpikingNeuron(Stateful):
         v_init: float = 0.0,
         firing: FiringCondition = ">=",
         surrogate: Surrogate | None = None,
+        scale_spikes: bool = False,
     ) -> None:
         super().__init__()
         if not v_threshold > 0:
@@ -38,6 +42,7 @@ class SpikingNeuron(Stateful):
         self.v_init = float(v_init)
         self.firing = check_firing(firing)
         self.surrogate = surrogate if surrogate is not None else Triangle()
+        self.scale_spikes = bool(scale_spikes)
 
     def charge(self, x: Tensor, v: Tensor) -> Tensor:
         raise NotImplementedError
@@ -52,7 +57,7 @@ class SpikingNeuron(Stateful):
         return s, self.reset(v, s)
 
     def forward(self, x: Tensor, frame: Frame) -> Tensor:
-        """x [T*B, ...] (time-major) -> spikes [T*B, ...]; reads and writes state `v` in the frame."""
+        """x [T*B, ...] (time-major) -> spikes [T*B, ...] (x theta with scale_spikes); reads and writes state `v`."""
         steps = frame.timesteps
         xs = x.chunk(steps, dim=0) if steps > 1 else (x,)
         v = frame.read(self, "v", like=xs[0], init=self.v_init)
@@ -63,12 +68,12 @@ class SpikingNeuron(Stateful):
         frame.write(self, "v", v)
         spikes = out[0] if steps == 1 else torch.cat(out, dim=0)
         frame.record_spikes(self, spikes)
-        return spikes
+        return spikes * self.v_threshold if self.scale_spikes else spikes
 
     def extra_repr(self) -> str:
         return (
             f"v_threshold={self.v_threshold}, v_init={self.v_init}, firing='{self.firing}', "
-            f"surrogate={self.surrogate}"
+            f"surrogate={self.surrogate}" + (", scale_spikes=True" if self.scale_spikes else "")
         )
 
 
@@ -94,7 +99,8 @@ class LIF(SpikingNeuron):
 class IF(SpikingNeuron):
     """Integrate-and-fire with soft reset (subtract the threshold), as in ANN-to-SNN conversion.
 
-    Converted (QCFS) models start the membrane at half the threshold: `IF(v_threshold=th, v_init=th / 2)`.
+    Converted (QCFS) models start the membrane at half the threshold and emit the threshold per spike:
+    `IF(v_threshold=th, v_init=th / 2, scale_spikes=True)`.
     """
 
     def charge(self, x: Tensor, v: Tensor) -> Tensor:

@@ -91,6 +91,11 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
+def cosine_lr(peak: float, step: int, planned: int) -> float:
+    """The cosine schedule: `peak` at step 0, 0 at step `planned`."""
+    return 0.5 * peak * (1.0 + math.cos(math.pi * step / planned))
+
+
 class Trainer:
     """Holds one training run: data, model, optimiser, output directory."""
 
@@ -178,7 +183,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
     def _lr_at(self, step: int) -> float:
-        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * step / self.planned_steps))
+        return cosine_lr(self.config.lr, step, self.planned_steps)
 
     def _seed_epoch(self, epoch: int, offset: int) -> None:
         """Fresh RNGs at an epoch's start; the saved ones when resuming inside it."""
@@ -243,8 +248,9 @@ class Trainer:
         cfg, fit = self.config, self.train_data
         held = (f"validating on {self.val_data.name} ({len(self.val_data)} samples)" if self.val_data is not None
                 else "no validation slice (--val-fraction 0): nothing held out to choose on")
+        kind = f"T={cfg.timesteps}" if cfg.neuron.spiking else f"an ANN with {cfg.neuron.kind} activations"
         return (f"training {cfg.arch} on {fit.name} ({len(fit)} samples, {len(fit.classes)} classes, input "
-                f"{'x'.join(map(str, fit.sample_shape))}), T={cfg.timesteps}, "
+                f"{'x'.join(map(str, fit.sample_shape))}), {kind}, "
                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters, {self.planned_steps} steps of "
                 f"{cfg.batch_size}; {held}")
 

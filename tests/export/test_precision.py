@@ -35,7 +35,7 @@ def test_fp32_layers_keeps_the_named_layer_in_fp32(digits_checkpoint, tmp_path):
                                  ExportOptions(precision="fp16", fp32_layers=("body.layers.2",)))
     assert manifest.fp32_layers == ["body.layers.2"] and read_manifest(tmp_path / "b").fp32_layers == ["body.layers.2"]
     half, total = half_weights(tmp_path / "b" / "step.onnx")
-    assert total == 4 and len(half) == 2  # the hidden fc's hi and lo; the conv and the classifier stay FP32
+    assert total == 5 and len(half) == 2  # the hidden fc's hi and lo; the encoder and hidden convs and the classifier stay FP32
     model, config = load_checkpoint(digits_checkpoint)
     assert fp16_layers(model) == ["body.layers.2", "body.layers.7"]
     assert fp16_layers(model, ["body.layers.2"]) == ["body.layers.7"]
@@ -103,7 +103,7 @@ def test_cli_passes_fp32_layers_and_refuses_unknown_ones(digits_checkpoint, tmp_
                      "--fp32-layers", "body.layers.7, body.layers.2")
     assert result.code == 0, result.err
     assert read_manifest(tmp_path / "b").fp32_layers == ["body.layers.7", "body.layers.2"]
-    assert half_weights(tmp_path / "b" / "step.onnx") == ([], 3)
+    assert half_weights(tmp_path / "b" / "step.onnx") == ([], 4)  # the encoder conv (FP32 by design) and three FP32 layers
     line = run_cli("export", digits_checkpoint, "--out", tmp_path / "c", "--precision", "fp16",
                    "--fp32-layers", "body.layers.8").error()
     assert "body.layers.8: not a Conv2d or Linear" in line and not (tmp_path / "c").exists()

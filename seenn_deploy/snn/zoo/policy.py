@@ -29,7 +29,8 @@ class ReLUBlock(nn.Module):
 
 
 class PolicyResNet(nn.Module):
-    """Plain ANN (not spiking): conv3x3+BN+ReLU stem, one ReLUBlock per stage, global avg pool, fc(K).
+    """Plain ANN (not spiking): [avg pool by `downsample`], conv3x3+BN+ReLU stem, one ReLUBlock per stage,
+    global avg pool, fc(K).
 
     x [B, C, H, W] -> logits [B, K], K = the number of timestep candidates. `stages` is a
     sequence of (width, stride).
@@ -43,13 +44,18 @@ class PolicyResNet(nn.Module):
         stem: int,
         stages: tuple[tuple[int, int], ...],
         arch: str = "policy",
+        downsample: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise UserError(f"{arch} needs num_classes (the number of timestep candidates) >= 1, got {num_classes}")
         self.input_spec = input_spec(in_channels, image_size, arch=arch)
         self.num_classes = num_classes
-        layers: list[nn.Module] = [*conv_bn(in_channels, stem), nn.ReLU()]
+        if downsample < 1:
+            raise UserError(f"{arch} needs downsample >= 1 (1: full resolution), got {downsample}")
+        # A coarser view of the input: the policy's MACs fall by downsample^2 (ceil_mode keeps odd borders)
+        pool = [nn.AvgPool2d(downsample, ceil_mode=True)] if downsample > 1 else []
+        layers: list[nn.Module] = [*pool, *conv_bn(in_channels, stem), nn.ReLU()]
         width = stem
         for out, stride in stages:
             layers.append(ReLUBlock(width, out, stride))
@@ -69,6 +75,15 @@ class PolicyResNet(nn.Module):
 
 
 @register_model("policy_resnet8", spiking=False)
-def policy_resnet8(num_classes: int = 10, in_channels: int = 3, image_size: int | tuple[int, int] = 32) -> PolicyResNet:
-    """SEENN-II policy ANN, ResNet-8 (16/32/64, one block per stage); num_classes = number of T candidates."""
-    return PolicyResNet(num_classes, in_channels, image_size, 16, ((16, 1), (32, 2), (64, 2)), arch="policy_resnet8")
+def policy_resnet8(num_classes: int = 10, in_channels: int = 3, image_size: int | tuple[int, int] = 32,
+                   width: int = 16, downsample: int = 1) -> PolicyResNet:
+    """SEENN-II policy ANN, ResNet-8 (16/32/64, one block per stage); num_classes = number of T candidates.
+
+    width: channels of the stem and first stage (the later stages take 2x and 4x); downsample: the
+    input is average-pooled by this factor first, so the policy looks at a coarser image.
+    """
+    if width < 1:
+        raise UserError(f"policy_resnet8 needs width >= 1, got {width}")
+    stages = ((width, 1), (2 * width, 2), (4 * width, 2))
+    return PolicyResNet(num_classes, in_channels, image_size, width, stages, arch="policy_resnet8",
+                        downsample=downsample)

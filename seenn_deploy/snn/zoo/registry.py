@@ -47,13 +47,24 @@ def get_entry(name: str) -> ModelEntry:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model `name`; unknown names fail with the list of known ones."""
+def create_model(name: str, fold_bn: bool = False, neurons: dict[str, dict] | None = None, **kwargs) -> nn.Module:
+    """Build the registered model `name`; unknown names fail with the list of known ones.
+
+    `fold_bn` and `neurons` describe a converted model and apply to every architecture (zoo/converted.py).
+    """
     entry = get_entry(name)
     try:
-        return entry.factory(**kwargs)
+        model = entry.factory(**kwargs)
     except TypeError as exc:
         raise UserError(f"model {name!r}: {exc}") from None
+    if fold_bn or neurons:
+        from seenn_deploy.snn.zoo.converted import fold_batch_norm, override_neurons
+
+        if fold_bn:
+            fold_batch_norm(model)
+        if neurons:
+            override_neurons(model, kwargs.get("neuron"), neurons)
+    return model
 
 
 def _load_zoo() -> None:

@@ -1,0 +1,202 @@
+"""SEENN-II training: the rewards, the exact-expectation gradient, a task whose right T is known, and
+`train-policy` as a user drives it (install, export, resume, beta sweep, joint fine-tuning)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seenn_deploy.data import ArrayDataset, Normalisation, parse_data_spec
+from seenn_deploy.files import file_sha256
+from seenn_deploy.snn.checkpoint import POLICY_WEIGHTS_FILE, WEIGHTS_FILE, load_checkpoint, load_policy, read_config
+from seenn_deploy.train.policy_objective import Reward, correct_at, expected_reward, score_choices
+from seenn_deploy.train.policy_trainer import PolicyConfig, PolicyData, PolicyTrainer, policy_choices
+
+
+# -- the objective ---------------------------------------------------------------------------
+def test_rewards_on_hand_cases():
+    correct = torch.tensor([[False, True, True], [True, True, False]])
+    r = Reward(beta=2.0).table(correct, [1, 2, 4])
+    torch.testing.assert_close(r, torch.tensor([[-2.0, 0.25, 0.0625], [0.5, 0.25, -2.0]]))
+    shifted = Reward(beta=0.5, shift=True).table(correct, [1, 2, 4])
+    torch.testing.assert_close(shifted, torch.tensor([[-0.5, 0.5, 0.125], [1.0, 0.5, -0.5]]))
+    # re-weighting: wrong at the first candidate weighs rate / (1 - rate); off by default and at rate 0 or 1
+    balanced = Reward(beta=1.0, balance_first=True)
+    torch.testing.assert_close(balanced.weights(correct, 0.8), torch.tensor([4.0, 1.0]))
+    assert balanced.weights(correct, 1.0) is None and Reward(1.0).weights(correct, 0.8) is None
+    score = score_choices(np.array([0, 1]), correct.numpy(), [1, 2, 4], Reward(beta=2.0))
+    assert (score.accuracy, score.average_timesteps, score.reward, score.shares) == (0.5, 1.5, -0.875, [0.5, 0.5, 0.0])
+
+
+def test_correct_at_judges_the_mean_of_the_first_t_outputs():
+    # class 1 leads after step 1 and in the mean of steps 1-2; class 0 leads in the mean of steps 1-3
+    logits = torch.tensor([[[0.0, 3.0]], [[2.0, 0.0]], [[2.0, 0.0]]])
+    label = torch.tensor([0])
+    assert correct_at(logits, label, [1, 2, 3]).tolist() == [[False, False, True]]
+    assert correct_at(logits, label, [1, 3]).tolist() == [[False, True]]
+
+
+def test_exact_expectation_gradient_is_the_mean_of_sampled_reinforce_gradients():
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(5, 3)
+    x = torch.randn(6, 5)
+    rewards = Reward(beta=1.5).table(torch.rand(6, 3) < 0.6, [1, 2, 4])
+
+    def grad(loss: torch.Tensor) -> torch.Tensor:
+        policy.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    exact = grad(expected_reward(policy(x), rewards))
+    log_v = torch.log_softmax(policy(x), dim=1)
+    picks = torch.distributions.Categorical(logits=log_v.detach()).sample((400_000,))  # [S, B]: k ~ v per sample
+    sampled = grad((rewards.gather(1, picks.T) * log_v.gather(1, picks.T)).mean(1).mean())  # mean of R_k grad log v_k
+    assert torch.linalg.norm(sampled - exact) < 0.02 * torch.linalg.norm(exact)
+    # and the test tells a wrong gradient apart: sum_k R_k grad log v_k (no v_k weight) is far off
+    unweighted = grad((rewards * torch.log_softmax(policy(x), 1)).sum(1).mean())
+    assert torch.linalg.norm(unweighted - exact) > 0.2 * torch.linalg.norm(exact)
+
+
+# -- a task whose right T is known -------------------------------------------------------------
+def quadrant_task(n: int, seed: int) -> tuple[ArrayDataset, np.ndarray, np.ndarray]:
+    """8x8 images lit in quadrant g in {0, 1, 2}; the 'SNN' is right from candidate g on (and never before).
+
+    With rewards 1/2^t and -beta, the best choice for a sample of group g is candidate g exactly.
+    """
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 3, n)
+    x = rng.uniform(0, 0.2, (n, 1, 8, 8)).astype(np.float32)
+    for i, g in enumerate(group):
+        r, c = divmod(int(g), 2)
+        x[i, 0, 4 * r: 4 * r + 4, 4 * c: 4 * c + 4] += 0.8
+    data = ArrayDataset(x, rng.integers(0, 10, n), [str(i) for i in range(10)], "quadrants")
+    return data, np.arange(3)[None, :] >= group[:, None], group
+
+
+@pytest.fixture
+def checkpoint(digits_checkpoint, tmp_path) -> Path:
+    """A copy of the session's digits checkpoint that a test may write a policy into."""
+    return Path(shutil.copytree(digits_checkpoint, tmp_path / "ckpt"))
+
+
+def test_a_policy_learns_the_right_timesteps_of_a_synthetic_task(checkpoint):
+    (fit, fit_correct, _), (val, val_correct, group) = quadrant_task(512, 0), quadrant_task(128, 1)
+    config = PolicyConfig(checkpoint, "digits", beta=1.0, candidates=[1, 2, 4], epochs=4, width=8, batch_size=64)
+    trainer = PolicyTrainer(config, log=lambda s: None, progress=False,
+                            data=PolicyData(fit, val, fit_correct, val_correct), install=False)
+    run = trainer.run()
+    picks = policy_choices(trainer.policy, val, Normalisation.from_dict(read_config(checkpoint).normalisation))
+    assert (picks == group).mean() >= 0.97, np.bincount(group * 3 + picks, minlength=9).reshape(3, 3)
+    assert run.final["accuracy"] == 1.0 and not run.installed and read_config(checkpoint).policy is None
+
+
+# -- train-policy ------------------------------------------------------------------------------
+def test_train_policy_installs_a_policy_that_exports_as_the_default_exit(run_cli, checkpoint, tmp_path):
+    from seenn_deploy.export.exporter import export_checkpoint
+    from seenn_deploy.runtime import OrtExecutor, Policy, Runtime
+
+    snn_sha = file_sha256(checkpoint / WEIGHTS_FILE)
+    report = tmp_path / "policy.json"
+    result = run_cli("train-policy", checkpoint, "--data", "digits", "--beta", "2", "--candidates", "1,2,4",
+                     "--epochs", "2", "--width", "8", "--downsample", "2", "--quiet", "--json", report)
+    assert result.code == 0, result.err
+    assert result.err == ""
+    assert "epoch 2/2" in result.out and "installed" in result.out and "the SNN alone: T=1:" in result.out
+    spec = read_config(checkpoint).policy
+    assert spec["candidates"] == [1, 2, 4] and spec["beta"] == 2.0 and spec["arch"] == "policy_resnet8"
+    assert spec["model"]["width"] == 8 and spec["model"]["downsample"] == 2
+    assert spec["metrics"]["validation"]["samples"] == 144  # the checkpoint's validation slice, never test
+    assert file_sha256(checkpoint / WEIGHTS_FILE) == snn_sha  # the SNN is left as it was
+    runs = json.loads(report.read_text())["runs"]
+    assert [r["installed"] for r in runs] == [True] and len(runs[0]["history"]) == 2
+
+    policy, candidates = load_policy(checkpoint, read_config(checkpoint))
+    manifest = export_checkpoint(checkpoint, tmp_path / "b")
+    assert manifest.exit.kind == "policy" and manifest.exit.candidates == candidates == [1, 2, 4]
+    assert manifest.provenance["policy"]["sha256"] == file_sha256(checkpoint / POLICY_WEIGHTS_FILE)
+    with Runtime.from_bundle(tmp_path / "b") as runtime:
+        assert isinstance(runtime.exit, Policy)  # no --exit needed
+        x = runtime.prepare(parse_data_spec("digits").load("test").x[:32])
+    scores = OrtExecutor(tmp_path / "b" / "policy.onnx").run({"x": x})["scores"]  # the downsampled policy exports
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, policy(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+    again = run_cli("train-policy", checkpoint, "--data", "digits", "--beta", "2", "--epochs", "2", "--quiet")
+    assert "--resume" in again.error()
+    other = run_cli("train-policy", checkpoint, "--data", "digits", "--beta", "2", "--candidates", "1,2,4",
+                    "--epochs", "3", "--width", "8", "--downsample", "2", "--quiet", "--resume")
+    assert "epochs: 2 there, 3 now" in other.error()
+
+
+def test_an_interrupted_run_resumes_to_the_same_policy(checkpoint, tmp_path):
+    shutil.copytree(checkpoint, tmp_path / "whole")
+    config = PolicyConfig(checkpoint, "digits", beta=1.0, epochs=2, width=8)
+
+    def stop_after_first_epoch(line: str) -> None:
+        if "epoch 1/2" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        PolicyTrainer(config, log=stop_after_first_epoch, progress=False).run()
+    assert read_config(checkpoint).policy is None  # nothing installed by an unfinished run
+    lines: list[str] = []
+    config.resume = True
+    PolicyTrainer(config, log=lines.append, progress=False).run()
+    assert any("resuming at epoch 2" in line for line in lines) and not any("epoch 1/2" in line for line in lines)
+    PolicyTrainer(PolicyConfig(tmp_path / "whole", "digits", beta=1.0, epochs=2, width=8),
+                  log=lambda s: None, progress=False).run()
+    resumed = load_policy(checkpoint, read_config(checkpoint))[0].state_dict()
+    whole = load_policy(tmp_path / "whole", read_config(tmp_path / "whole"))[0].state_dict()
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_beta_sweep_trains_one_policy_per_beta_and_installs_none(run_cli, checkpoint, tmp_path):
+    report = tmp_path / "sweep.json"
+    args = ["train-policy", checkpoint, "--data", "digits", "--epochs", "1", "--width", "8", "--quiet"]
+    result = run_cli(*args, "--beta", "0.5,4", "--json", report)
+    assert result.code == 0, result.err
+    runs = json.loads(report.read_text())["runs"]
+    assert [(r["beta"], r["installed"]) for r in runs] == [(0.5, False), (4.0, False)]
+    assert all(r["validation"]["samples"] == 144 for r in runs)
+    assert "beta 0.5" in result.out and "beta 4" in result.out and read_config(checkpoint).policy is None
+    installed = run_cli(*args, "--beta", "4", "--resume")
+    assert installed.code == 0, installed.err
+    assert "already finished" in installed.out and read_config(checkpoint).policy["beta"] == 4.0
+
+
+def test_joint_fine_tuning_writes_a_new_checkpoint_and_leaves_the_old_one(run_cli, checkpoint, tmp_path):
+    before = file_sha256(checkpoint / WEIGHTS_FILE)
+    args = ["train-policy", checkpoint, "--data", "digits", "--beta", "1", "--epochs", "1", "--width", "8",
+            "--joint-epochs", "1", "--quiet"]
+    assert "--out" in run_cli(*args).error()
+    result = run_cli(*args, "--out", tmp_path / "tuned")
+    assert result.code == 0, result.err
+    assert "epoch 2/2 joint" in result.out
+    assert file_sha256(checkpoint / WEIGHTS_FILE) == before and read_config(checkpoint).policy is None
+    tuned, config = load_checkpoint(tmp_path / "tuned")
+    original, _ = load_checkpoint(checkpoint)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), original.state_dict().values()))
+    assert config.policy["candidates"] == [1, 2, 3, 4] and "policy_joint_fine_tuning" in config.training
+    assert config.validation == read_config(checkpoint).validation  # the same held-out rows
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--beta", "1", "--candidates", "2,1"], "increasing timesteps in 1..4"),
+    (["--beta", "1", "--candidates", "1,9"], "increasing timesteps in 1..4"),
+    (["--beta", "-1"], "--beta must be a finite number >= 0"),
+    (["--beta", "one"], "comma-separated list of numbers"),
+    (["--beta", "1,1"], "distinct"),
+    (["--beta", "1", "--resume"], "holds no policy run for beta 1"),
+    (["--beta", "1", "--data", "npz:/nowhere.npz"], "nowhere.npz"),
+])
+def test_train_policy_refuses_bad_settings_before_any_work(run_cli, checkpoint, args, message):
+    data = [] if "--data" in args else ["--data", "digits"]
+    result = run_cli("train-policy", checkpoint, *data, *args, "--quiet")
+    assert message in result.error()
+    assert not (checkpoint / "policies").exists()
