@@ -6,8 +6,8 @@ import sys
 
 import seenn_deploy
 
-BLOCKED = ["torch", "tensorrt", "cuda", "pynvml", "jtop", "spikingjelly", "snntorch", "polygraphy",
-           "onnx", "onnxscript", "safetensors", "tqdm", "PIL", "matplotlib"]
+BLOCKED = ["torch", "tensorrt", "cuda", "pynvml", "spikingjelly", "snntorch", "onnx", "onnxscript", "onnxruntime",
+           "safetensors", "tqdm", "PIL", "matplotlib"]
 
 BLOCKER = f"""
 import importlib.abc, sys

@@ -9,8 +9,8 @@ import click
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import (
-    COUNT, EXIT_CHECK_FAILED, FRACTION, POSITIVE, allow_pickle_option, batch_size_option, data_option, emit_json,
-    json_option, samples_option, writable_bundle, writable_file,
+    COUNT, EXIT_CHECK_FAILED, FRACTION, POSITIVE, allow_pickle_option, backend_options, batch_size_option, data_option,
+    device_option, emit_json, json_option, providers_option, samples_option, writable_bundle, writable_file,
 )
 from seenn_deploy.errors import UserError
 
@@ -107,12 +107,14 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
 @click.option("--min-agreement", type=FRACTION, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 0.99).")
 @click.option("--max-flip-rate", type=FRACTION, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 1e-2).")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
-              help="ort: the ONNX graphs (CPU provider; it runs FP16 layers in FP32, outputs unrounded). "
-                   "torch: the bundle's layout on torch ops, real FP16 arithmetic.")
+              help="ort: the ONNX graphs (--providers, default the CPU, which runs FP16 layers in FP32, outputs "
+                   "unrounded). torch: the bundle's layout on torch ops (--device), real FP16 arithmetic.")
+@device_option
+@providers_option
 @allow_pickle_option
 @json_option
-def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, backend, allow_pickle,
-               json_path) -> None:
+def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, backend, device,
+               providers, allow_pickle, json_path) -> None:
     """Compare the bundle's ONNX step loop with the torch reference on real data; exit 1 past tolerance."""
     from seenn_deploy.lazy import require
 
@@ -123,6 +125,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     from seenn_deploy.runtime.manifest import read_manifest
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint
 
+    options = backend_options(backend, device, providers)
     manifest = read_manifest(bundle)
     _check_graphs_parse(bundle, manifest.graphs.values())
     source = parse_data_spec(data_spec)
@@ -141,7 +144,7 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     if samples is not None:
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
-                           min_agreement, max_flip_rate, backend=backend)
+                           min_agreement, max_flip_rate, backend=backend, **options)
     click.echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
                f"{report.precision}")
     for t in range(report.timesteps):

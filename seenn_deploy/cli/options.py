@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from seenn_deploy.errors import UserError
 from seenn_deploy.files import BUNDLE, FILE, FOLDER, check_writable, json_text, write_json_atomic
 
 # How a command ends besides 0 (done); the README documents them.
@@ -61,6 +62,46 @@ json_option = click.option(
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True, help="Allow .pt/.pth weights (read with torch.load(weights_only=True)).",
 )
+
+
+device_option = click.option(
+    "--device", default=None, metavar="cpu|cuda[:N]",
+    help="Where the graphs run: torch backend cpu (default) or cuda:N; trt backend the GPU cuda:N (default cuda:0).",
+)
+providers_option = click.option(
+    "--providers", default=None, metavar="NAME[:N],...",
+    help="ONNX Runtime execution providers in order of preference, e.g. cuda:1,cpu (short names cpu, cuda, tensorrt, "
+         "... or full ones; default cpu). One that does not load is an error, not a silent fall back to the CPU.",
+)
+
+
+def backend_options(backend: str, device: str | None, providers: str | None, threads: int | None = None) -> dict:
+    """Runtime options from --device, --providers and --threads for `backend`; UserError for one it does not take."""
+    if backend == "ort":
+        if device is not None:
+            example = f"{device},cpu" if device.startswith("cuda") else "cpu"
+            raise UserError(f"--device is for --backend torch and trt; ONNX Runtime takes --providers, e.g. "
+                            f"--providers {example}")
+        from seenn_deploy.runtime.executors.ort import parse_providers
+
+        options: dict[str, Any] = {"providers": parse_providers(providers)} if providers else {}
+        return {**options, "threads": threads} if threads is not None else options
+    given = [name for name, value in (("--providers", providers), ("--threads", threads)) if value is not None]
+    if given:
+        raise UserError(f"{' and '.join(given)} are ONNX Runtime's options (--backend ort); --backend {backend} takes "
+                        "--device")
+    if device is None:
+        return {}
+    if backend == "torch":
+        from seenn_deploy.lazy import require
+        from seenn_deploy.runtime.executors.torch_executor import torch_device
+
+        torch_device(require("torch", "the torch backend"), device)  # refused here, before any data is read
+        return {"device": device}
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit():
+        raise UserError(f"--device {device}: --backend {backend} runs on a GPU; give cuda or cuda:N")
+    return {"device": int(index or 0)}
 
 
 def samples_option(help: str = "Use the first N samples only."):

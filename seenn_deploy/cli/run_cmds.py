@@ -10,7 +10,9 @@ import click
 import numpy as np
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import data_option, emit_json, json_option, writable_folder
+from seenn_deploy.cli.options import (
+    backend_options, data_option, device_option, emit_json, json_option, providers_option, writable_folder,
+)
 from seenn_deploy.errors import UserError
 
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # past this, ONNX Runtime's pool only adds contention
@@ -27,20 +29,23 @@ mode_option = click.option("--mode", type=click.Choice(["slots", "compact", "nai
 @click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Run the first N samples only.")
 @click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
-@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy",
+@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence[:A][@T_CAP]|policy|policy+confidence[:A]",
               help="Exit policy (default: the bundle's calibrated one, else fixed:T_max).")
 @mode_option
 @batch_option
 @threads_option
+@device_option
+@providers_option
 @json_option
-def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, threads, json_path) -> None:
+def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, threads, device, providers,
+            json_path) -> None:
     """Run a bundle over a dataset with early exit: accuracy, average timesteps, exit histogram, throughput."""
     from seenn_deploy.data import check_labels, parse_data_spec
     from seenn_deploy.runtime.api import Runtime
     from seenn_deploy.runtime.report import summarise
 
     source = parse_data_spec(data_spec)
-    options = {"threads": threads} if backend == "ort" else {}
+    options = backend_options(backend, device, providers, threads)
     with Runtime.from_bundle(bundle, backend=backend, exit=exit_spec, mode=mode, batch=batch, **options) as runtime:
         data = source.load(split)
         check_labels(data, runtime.manifest.num_classes, runtime.manifest.classes, f"bundle {bundle}")
@@ -50,9 +55,11 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
         results = runtime.infer(data.x)
         seconds = time.perf_counter() - started
         summary = summarise(results, data.y, runtime.manifest.timesteps, seconds)
-    click.echo(f"{bundle} on {data.name}: {backend}, {runtime.exit.describe()}, {mode} mode, batch {batch}")
+        placement = runtime.step.placement
+    click.echo(f"{bundle} on {data.name}: {backend} on {placement}, {runtime.exit.describe()}, {mode} mode, batch {batch}")
     click.echo(summary.text())
-    emit_json(json_path, {"bundle": str(bundle), "data": data.name, "backend": backend, "exit": runtime.exit.describe(),
+    emit_json(json_path, {"bundle": str(bundle), "data": data.name, "backend": backend, "device": placement,
+                          "exit": runtime.exit.describe(),
                           "mode": mode, "batch": batch, **summary.to_dict()})
 
 
@@ -64,7 +71,9 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
 @batch_option
 @mode_option
 @threads_option
-@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence:A|confidence|policy")
+@device_option
+@providers_option
+@click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence[:A][@T_CAP]|policy|policy+confidence[:A]")
 @click.option("--data", "data_spec", default=None, metavar="SPEC",
               help="Samples (test split). Default: the data the bundle's checkpoint was trained on, else --synthetic.")
 @click.option("--synthetic", is_flag=True, help="Uniform random inputs of the bundle's shape.")
@@ -76,12 +85,14 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
               help="Answer this many passes' worth of samples (instead of --duration-s).")
 @click.option("--percentiles", default="50,90,95,99", show_default=True)
 @click.option("--compare", type=click.Choice(["fixed"]), default=None, help="Also run Fixed(T_max) on the same data.")
-@click.option("--power", type=click.Choice(["auto", "nvml", "tegrastats", "none"]), default="auto", show_default=True)
+@click.option("--power", type=click.Choice(["auto", "nvml", "tegrastats", "none"]), default="auto", show_default=True,
+              help="Measured energy: NVML samples the GPU the step graph runs on; auto takes tegrastats on a Jetson, "
+                   "NVML for a GPU run, else none.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable_folder,
               help="Write latency.png, exits.png, power plots and summary.md here.")
 @json_option
-def bench_cmd(engine, backend, batch, mode, threads, exit_spec, data_spec, synthetic, samples, warmup_ms, duration_s, iterations,
-              percentiles, compare, power, plot_dir, json_path) -> None:
+def bench_cmd(engine, backend, batch, mode, threads, device, providers, exit_spec, data_spec, synthetic, samples, warmup_ms,
+              duration_s, iterations, percentiles, compare, power, plot_dir, json_path) -> None:
     """Latency, throughput, early-exit speedup and energy of a bundle, plan or step graph on this machine."""
     from seenn_deploy.profile.bench import BenchSettings, run_bench, write_plots
     from seenn_deploy.profile.latency import parse_percentiles
@@ -89,6 +100,7 @@ def bench_cmd(engine, backend, batch, mode, threads, exit_spec, data_spec, synth
 
     target = resolve_target(engine)
     backend = target.check_backend(backend)
+    options = backend_options(backend, device, providers, threads)
     manifest = target.manifest
     if data_spec is not None and synthetic:
         raise UserError("give one of --data SPEC or --synthetic")
@@ -114,7 +126,6 @@ def bench_cmd(engine, backend, batch, mode, threads, exit_spec, data_spec, synth
     settings = BenchSettings(backend=backend, batch=batch, mode=mode, exit=exit_spec, warmup_s=warmup_ms / 1000,
                              duration_s=duration_s, iterations=iterations, percentiles=pcts,
                              compare_fixed=compare == "fixed", power=power)
-    options = {"threads": threads} if threads is not None else {}
     report = run_bench(target, x, labels, name, settings, **options)
     click.echo(report.text())
     if plot_dir is not None:

@@ -17,6 +17,16 @@ against the TensorRT 10 and 11 Python APIs:
   TensorRT 10's `BuilderFlag.INT8` with an `IInt8EntropyCalibrator2` fed from --calib-data, its cache
   kept in engines/; TensorRT 11 removed implicit INT8 and the build says so.
 
+Why the TensorRT API directly and not Polygraphy's loaders (NetworkFromOnnxPath, CreateConfig,
+EngineBytesFromNetwork, Calibrator), which the project declared once and never imported: what they
+would replace is a few calls each (parse, one profile, flags, timing cache), while the part that
+needs care stays ours either way (which flags a TensorRT major takes: STRONGLY_TYPED on 10, none on
+11, FP16/INT8 only on weakly typed 10 networks; records; version checks). Their calibrator moves
+batches through Polygraphy's own ctypes CUDA wrapper, a second CUDA runtime binding beside
+cuda-python in one process, for an API TensorRT 11 removed. Their failures come as Polygraphy's
+log lines and a PolygraphyException, where a build here ends in one UserError naming the fix.
+And one more package must then match the TensorRT on the machine (JetPack's 10.3 among them).
+
 tensorrt and cuda-python are imported only after every check that needs neither has passed, and
 no plan, record or timing cache is written until every plan is built: a failed build leaves them
 as they were (an INT8 calibration table, a cache, is kept as soon as TensorRT hands it over).

@@ -2,12 +2,13 @@
 
 The split saves the encoder's MACs on every step after the first, and costs bytes: the step
 graph then reads the encoder's output (C_out x H x W floats) every step instead of the raw
-input (C_in x H x W). For a 3x3 first conv that ratio is about 9 C_in / 4 MACs per extra byte
-(2.25 for grayscale, 6.75 for RGB), far below what a device computes per byte it reads, so the
-split loses: on ONNX Runtime CPU `--encoder-split off` ran the Fashion-MNIST CNN 1.5-1.8x
-faster and ResNet-19 on CIFAR-10 shapes faster too (README). `auto` splits only where the
+input (C_in x H x W), and each admission runs one more graph. For a 3x3 first conv that is
+about 9 C_in / 4 MACs saved per extra byte read (2.4 for the Fashion-MNIST CNN, 8.3 for the
+CIFAR-10 one, 6.9 for ResNet-19), far below what a GPU computes per byte it reads, and under
+early exit (average T near 1) there is little left to save. `auto` splits only where the
 encoder does at least SPLIT_MACS_PER_BYTE MACs per extra byte read per step, which no image
-model in the zoo reaches; event inputs are never split (a new frame every step).
+model of the zoo reaches; event inputs are never split (a new frame every step). The
+measurements behind the default are in the README (`benchmarks/encoder_split.py`).
 """
 
 from __future__ import annotations

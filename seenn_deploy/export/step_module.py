@@ -6,14 +6,22 @@ Where `reset` is set, that row's states take their initial values before the ste
 head is fused: accumulated logits (`acc`) and the per-row step counter (`count`) are states, and
 the graph outputs the confidence (max softmax of the accumulated logits) and its argmax. Nothing
 depends on t, so rows at different timesteps share a batch.
+
+Importing this module registers `graph_modules` with the runtime's torch executor, which imports
+it by name: the runtime itself never imports the export package.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
-from seenn_deploy.runtime.manifest import StateInfo
+from seenn_deploy.errors import UserError
+from seenn_deploy.runtime.executors.torch_executor import register_module_source
+from seenn_deploy.runtime.manifest import Manifest, StateInfo
 from seenn_deploy.snn.model import SpikingModel
 
 ACC, COUNT = "exit.acc_logits", "exit.count"
@@ -67,3 +75,38 @@ class EncoderModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder(x)
+
+
+def graph_modules(bundle: Path, manifest: Manifest, checkpoint: Path | None = None) -> Callable[[str], nn.Module]:
+    """role -> the torch module computing the bundle's `role` graph, from the checkpoint the bundle records (or
+    `checkpoint`, which must hold the same weights), in the bundle's precision layout."""
+    from seenn_deploy.export.precision import for_precision
+    from seenn_deploy.files import file_sha256
+    from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
+
+    recorded = manifest.provenance.get("checkpoint")
+    if not recorded and checkpoint is None:
+        raise UserError(f"{bundle} records no source checkpoint: the torch backend needs checkpoint=...")
+    path = Path(checkpoint or recorded)
+    model, config = load_checkpoint(path)
+    expected = manifest.provenance.get("checkpoint_sha256")
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if expected and file_sha256(weights) != expected:
+        raise UserError(f"{path} is not the checkpoint {bundle} was exported from (weights hash differs)")
+    model = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
+
+    def module(role: str) -> nn.Module:
+        if role == "encoder":
+            return EncoderModule(model)
+        if role == "policy":
+            found = load_policy(path, config)
+            if found is None:
+                raise UserError(f"{path} has no policy network, but the bundle lists policy.onnx")
+            return found[0]
+        return StepModule(model, manifest.states, manifest.exit.accumulate, manifest.exit.temperature,
+                          encoded=manifest.has_encoder)
+
+    return module
+
+
+register_module_source(graph_modules)

@@ -74,16 +74,21 @@ def with_outputs(step_onnx: Path, names: list[str]) -> bytes:
 
 @torch.no_grad()
 def reference_trace(model: SpikingModel, x: np.ndarray, normalisation: Normalisation, timesteps: int,
-                    batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Torch multi-step: logits [T, N, K] and each neuron layer's spikes [T, N, ...] by module name, in module order."""
+                    batch_size: int, device: str = "cpu") -> tuple[np.ndarray, list[np.ndarray]]:
+    """Torch multi-step on `device` (TF32 off): logits [T, N, K] and each neuron layer's spikes [T, N, ...] by module
+    name, in module order."""
+    from seenn_deploy.runtime.executors.torch_executor import full_fp32
     from seenn_deploy.train.batches import model_input
 
+    model = model.to(device)
     logits, spikes = [], []
     for start in range(0, len(x), batch_size):
-        xb = model_input(x[start : start + batch_size], normalisation, timesteps)
-        out, frame = model.run_steps(xb, timesteps)
-        logits.append(out.float().numpy())
-        spikes.append({name: s.reshape(timesteps, -1, *s.shape[1:]).float().numpy() for name, s in frame.spikes.items()})
+        xb = model_input(x[start : start + batch_size], normalisation, timesteps).to(device)
+        with full_fp32(torch):
+            out, frame = model.run_steps(xb, timesteps)
+        logits.append(out.float().cpu().numpy())
+        spikes.append({name: s.reshape(timesteps, -1, *s.shape[1:]).float().cpu().numpy()
+                       for name, s in frame.spikes.items()})
     layers = {name: np.concatenate([batch[name] for batch in spikes], axis=1) for name in spikes[0]}
     return np.concatenate(logits, axis=1), layers
 
@@ -95,13 +100,14 @@ def cumulative_mean(logits: np.ndarray) -> np.ndarray:
 def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: ArrayDataset,
                   normalisation: Normalisation, batch_size: int = 256, min_agreement: float | None = None,
                   max_flip_rate: float | None = None, progress: Callable[[int], None] | None = None,
-                  backend: str = "ort") -> VerifyReport:
+                  backend: str = "ort", providers: list | None = None, device: str = "cpu") -> VerifyReport:
     """Compare per-step predictions, logits and spikes of the bundle with the torch model on `data`.
 
     backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes read from the step
     graph; it runs FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the
     bundle's layout (precision, FP32 layers, FP16 weights) on torch ops, multi-step, spikes
-    from its neurons: real FP16 arithmetic for an fp16 bundle.
+    from its neurons: real FP16 arithmetic for an fp16 bundle. `providers` (ort) and `device` (torch: cpu
+    or cuda:N) say where the bundle side runs; the reference runs on the CPU.
     """
     steps = manifest.timesteps
     default_agreement, default_flips = TOLERANCES[manifest.precision]
@@ -112,8 +118,8 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         if len(ref_spikes) != len(spike_names):
             raise UserError(f"the step graph has {len(spike_names)} spike tensors but the model {len(ref_spikes)} "
                             "neuron layers: the bundle does not come from this model")
-        step = OrtExecutor(with_outputs(step_path, spike_names), label=manifest.graphs["step"])
-        encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"]) if manifest.has_encoder else None
+        step = OrtExecutor(with_outputs(step_path, spike_names), providers, label=manifest.graphs["step"])
+        encoder = OrtExecutor(Path(bundle) / manifest.graphs["encoder"], providers) if manifest.has_encoder else None
         trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, tuple(spike_names), progress)
         logits, prediction = trace.logits, trace.prediction
         spikes = {layer: (name, trace.extra[name]) for name, layer in zip(spike_names, ref_spikes)}
@@ -121,7 +127,7 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         from seenn_deploy.export.precision import for_precision
 
         laid_out = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
-        logits, layer_spikes = reference_trace(laid_out, data.x, normalisation, steps, batch_size)
+        logits, layer_spikes = reference_trace(laid_out, data.x, normalisation, steps, batch_size, device)
         prediction = cumulative_mean(logits).argmax(-1)
         spikes = {layer: (layer, got) for layer, got in layer_spikes.items()}
         if progress is not None:

@@ -77,6 +77,7 @@ class Measurement:
 class BenchReport:
     bundle: str
     backend: str
+    device: str  # where the step graph ran (the executor's placement)
     mode: str
     batch: int
     data: str
@@ -92,7 +93,7 @@ class BenchReport:
         return asdict(self)
 
     def text(self) -> str:
-        lines = [f"{self.bundle}: {self.backend}, {self.mode} mode, batch {self.batch}, {self.data}"]
+        lines = [f"{self.bundle}: {self.backend} on {self.device}, {self.mode} mode, batch {self.batch}, {self.data}"]
         for run in self.runs:
             lines += [f"=== {run.exit} ===",
                       f"Throughput: {run.throughput:,.1f} samples/s ({run.samples} samples in {run.seconds:.3f} s, "
@@ -124,7 +125,7 @@ class BenchReport:
             energy = "" if not r.power else f"{r.power['energy_mj'] / r.samples:.4g}"
             rows.append(f"| {r.exit} | {r.throughput:,.0f} | {r.latency['mean_ms']:.3f} | {r.latency.get('p99_ms', float('nan')):.3f} "
                         f"| {r.avg_timesteps:.3f} | {acc} | {r.step_ms:.3f} | {energy} |")
-        head = f"# seenn-deploy bench: {self.bundle}\n\n{self.backend}, {self.mode} mode, batch {self.batch}, {self.data}\n\n"
+        head = f"# seenn-deploy bench: {self.bundle}\n\n{self.backend} on {self.device}, {self.mode} mode, batch {self.batch}, {self.data}\n\n"
         tail = ""
         if self.speedup is not None:
             tail += f"\nSpeedup over Fixed({self.t_max}): **{self.speedup:.2f}x** ({100 * self.share_of_ideal:.1f}% of the ideal {self.ideal_speedup:.2f}x)\n"
@@ -133,22 +134,30 @@ class BenchReport:
         return head + "\n".join(rows) + "\n" + tail
 
 
-def open_power(kind: str):
-    """A sampler with start()/stop() -> dict, or None. 'auto': tegrastats on a Jetson, NVML where it works, else none."""
+def open_power(kind: str, cuda_device: int | None):
+    """A sampler with start()/stop() -> dict and close(), or None for 'none'.
+
+    cuda_device: the GPU the step graph runs on (None: the CPU). 'nvml' samples that GPU and refuses
+    a CPU run; 'tegrastats' samples a Jetson's rails (the whole module, CPU included); 'auto' takes
+    tegrastats on a Jetson, NVML where the graph runs on a GPU and NVML loads, else nothing.
+    """
     if kind == "none":
         return None
     if kind == "tegrastats" or (kind == "auto" and shutil.which("tegrastats")):
         from seenn_deploy.profile.tegrastats import TegrastatsSampler
 
         return _TegraPower(TegrastatsSampler())
+    from seenn_deploy.profile.nvml import NvmlSampler
+
     if kind == "nvml":
-        from seenn_deploy.profile.nvml import NvmlSampler
-
-        return NvmlSampler()
-    try:  # auto: NVML only when it loads and sees a GPU
-        from seenn_deploy.profile.nvml import NvmlSampler
-
-        return NvmlSampler()
+        if cuda_device is None:
+            raise UserError("--power nvml measures a GPU, but this run's step graph runs on the CPU: use --power none, "
+                            "or a GPU backend (--providers cuda, --device cuda:0, --backend trt)")
+        return NvmlSampler(cuda_device)
+    if cuda_device is None:
+        return None
+    try:  # auto: NVML only when it loads and finds the GPU
+        return NvmlSampler(cuda_device)
     except UserError:
         return None
 
@@ -168,6 +177,9 @@ class _TegraPower:
         summary = self.sampler.summary()
         return {"source": f"tegrastats ({summary['total_rail']})", "energy_mj": float(summary["total_energy_mj"] or 0.0),
                 "summary": summary}
+
+    def close(self) -> None:
+        self.sampler.stop()
 
 
 @dataclass
@@ -288,15 +300,22 @@ def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | No
     backend = target.check_backend(settings.backend)
     with target.open(backend, settings.exit, settings.mode, settings.batch, **backend_options) as runtime:
         runtime.prepare(x[:1])
-        report = BenchReport(str(target.path), backend, settings.mode, settings.batch, data_name,
-                             runtime.manifest.timesteps, [], notes=target.notes())
-        power = open_power(settings.power)
+        report = BenchReport(str(target.path), backend, runtime.step.placement, settings.mode, settings.batch,
+                             data_name, runtime.manifest.timesteps, [], notes=target.notes())
+        gpu = runtime.step.cuda_device
+        power = open_power(settings.power, gpu)
         if settings.power == "auto" and power is None:
-            report.notes.append("no power sampler on this machine (no tegrastats, no NVML GPU): measured energy is absent")
-        report.runs.append(measure(runtime, x, labels, settings, power))
-        if settings.compare_fixed:
-            runtime.exit = Fixed(runtime.manifest.timesteps)
+            report.notes.append("measured energy is absent: " + ("the step graph runs on the CPU and this is no Jetson"
+                                                                 if gpu is None else f"NVML cannot read GPU {gpu}"))
+        try:
             report.runs.append(measure(runtime, x, labels, settings, power))
+            if settings.compare_fixed:
+                runtime.exit = Fixed(runtime.manifest.timesteps)
+                report.runs.append(measure(runtime, x, labels, settings, power))
+        finally:
+            if power is not None:
+                power.close()
+        if settings.compare_fixed:
             early, fixed = report.runs
             report.speedup = early.throughput / fixed.throughput
             report.ideal_speedup = runtime.manifest.timesteps / early.avg_timesteps

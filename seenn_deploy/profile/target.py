@@ -64,8 +64,12 @@ class BenchTarget:
         return self._open_lone_graph(exit, mode, batch, **options)
 
     def _open_lone_graph(self, exit, mode: str, batch: int, providers=None, threads: int | None = None,
-                         device_states: bool | None = None) -> Runtime:
+                         device_states: bool | None = None, **others) -> Runtime:
         from seenn_deploy.runtime.executors.ort import OrtExecutor
+
+        if others:
+            raise UserError(f"{self.path} is a lone ONNX graph run by ONNX Runtime: it takes providers and threads, not "
+                            f"{', '.join(sorted(others))}")
 
         graphs = {}
         try:

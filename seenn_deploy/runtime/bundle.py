@@ -139,8 +139,12 @@ def _with_options(factory: Callable, backend: str, bundle: Path, manifest: Manif
     return factory(bundle, manifest, **options)
 
 
-def _opener(bundle: Path, manifest: Manifest, backend: str, providers: Sequence[str] | None, threads: int | None,
+def _opener(bundle: Path, manifest: Manifest, backend: str, providers: Sequence | None, threads: int | None,
             options: dict) -> Callable[[str], Executor]:
+    if backend in ("torch", "trt") and (providers or threads):
+        given = ", ".join(name for name, value in (("providers", providers), ("threads", threads)) if value)
+        raise UserError(f"backend {backend!r} does not take {given} (ONNX Runtime's options, backend 'ort'); it runs "
+                        "where device= says")
     if backend == "ort":
         from seenn_deploy.runtime.executors.ort import OrtExecutor
 
@@ -164,12 +168,13 @@ def _opener(bundle: Path, manifest: Manifest, backend: str, providers: Sequence[
 
 
 def open_executors(bundle: Path | str, manifest: Manifest, backend: str = "ort",
-                   providers: Sequence[str] | None = None, threads: int | None = None,
+                   providers: Sequence | None = None, threads: int | None = None,
                    **backend_options) -> BundleExecutors:
     """The bundle's graphs opened with `backend` and checked against `manifest`; on any failure, none stays open.
 
-    backend 'ort' (providers, threads), 'torch' (checkpoint=, device=, cuda_graphs=) or 'trt'
-    (precision=, device=, cuda_graphs=, plans=).
+    backend 'ort' (providers: names or (name, options), see executors.ort.parse_providers; threads),
+    'torch' (checkpoint=, device='cpu' | 'cuda:N', cuda_graphs=) or 'trt' (precision=, device=N, cuda_graphs=,
+    plans=).
     """
     bundle = Path(bundle)
     open_graph = _opener(bundle, manifest, backend, providers, threads, backend_options)

@@ -254,3 +254,13 @@ def test_labels_are_needed_to_choose(digits_bundle, tmp_path):
     result = cli("calibrate", bundle, "--calib-data", f"npz:{tmp_path / 'eleven.npz'}", "--calib-split", "all",
                  "--no-test", "--target-drop", "1")
     assert result.returncode == 2 and "has label 11" in result.stderr, result.stderr
+
+
+def test_calibrate_never_writes_through_a_calib_symlink_out_of_the_bundle(digits_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(digits_bundle, bundle)
+    (tmp_path / "outside").mkdir()
+    (bundle / "calib").symlink_to(tmp_path / "outside")
+    result = cli("calibrate", bundle, "--target-drop", "1", "--samples", "20")
+    assert result.returncode == 2 and "outside the bundle" in result.stderr, result.stderr
+    assert list((tmp_path / "outside").iterdir()) == [] and read_manifest(bundle).history == []

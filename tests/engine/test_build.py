@@ -33,7 +33,7 @@ def bundle(digits_bundle, tmp_path):
 
 def test_build_without_tensorrt_says_what_to_install(bundle, run_cli, no_tensorrt):
     line = run_cli("build", bundle).error()
-    assert "tensorrt is not installed" in line and "pip install 'seenn-deploy[trt]'" in line
+    assert "tensorrt is not installed" in line and "pip install 'seenn-deploy[trt-cu12]'" in line
     assert not (bundle / ENGINES_DIR).exists()
 
 
@@ -123,14 +123,15 @@ class FakeCudart(types.ModuleType):
 
 def fake_tensorrt(version: str, fail: str | None = None) -> types.ModuleType:
     """The TensorRT builder API of `version` (11 has no FP16 / INT8 flags, calibrators or calibration profiles);
-    a 'plan' is the ONNX bytes. Every network, config and profile is kept in `trt.built` for the test to read."""
+    a 'plan' is the ONNX bytes. Every network, config and profile is kept in `trt.built` for the test to read.
+    As TensorRT 10 does, a build of a strongly typed network with a precision flag (FP16, BF16, INT8) fails."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.built = []
     ten = version.startswith("10.")
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("Flag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if ten
                                                      else {"STRONGLY_TYPED": 0})
-    trt.BuilderFlag = enum.Enum("BuilderFlag", ["TF32", "VERSION_COMPATIBLE", *(["FP16", "INT8"] if ten else [])])
+    trt.BuilderFlag = enum.Enum("BuilderFlag", ["TF32", "VERSION_COMPATIBLE", *(["FP16", "BF16", "INT8"] if ten else [])])
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
 
     class Logger:
@@ -223,6 +224,9 @@ def fake_tensorrt(version: str, fail: str | None = None) -> types.ModuleType:
 
         def build_serialized_network(self, network, config):
             trt.built.append((network, config))
+            strongly_typed = ten and network.flags & 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+            if strongly_typed and config.flags & {"FP16", "BF16", "INT8"}:
+                return None  # "precision flags are not allowed on a strongly typed network" in TensorRT's log
             calibrator = getattr(config, "int8_calibrator", None)
             if calibrator is not None and calibrator.read_calibration_cache() is None:
                 names = [t.name for t in network.inputs]
@@ -300,6 +304,27 @@ def test_tensorrt_11_builds_strongly_typed_without_flags_and_refuses_fp16_from_f
     with pytest.raises(UserError, match="--precision fp16"):
         build_engines(bundle, BuildOptions(precision="fp16"), quiet)
     assert not (bundle / ENGINES_DIR).exists()
+
+
+def test_an_fp16_bundle_builds_strongly_typed_without_precision_flags(bundle, fake_build):
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps({**manifest, "precision": "fp16"}))  # the stand-in reads no graph types
+    for version in ("10.3.0", "11.0.1"):
+        trt, _ = fake_build(version)
+        (engine, _) = build_engines(bundle, BuildOptions(), quiet)
+        network, config = trt.built[0]
+        assert config.flags == set() and engine.meta.precision == "fp16" and engine.meta.build["network"] == STRONG
+        assert network.flags == (1 << 1 if version.startswith("10.") else 0)
+
+
+def test_the_stand_in_fails_a_precision_flag_on_a_strongly_typed_network(fake_build):
+    trt, _ = fake_build("10.3.0")
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network.path = "x.onnx"
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is None
 
 
 def test_fp16_from_fp32_on_tensorrt_10_is_weakly_typed(bundle, fake_build):
@@ -403,15 +428,19 @@ def test_calibration_feeds_follow_the_step_loop(digits_bundle):
 # -- on a GPU with TensorRT ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gpu():
-    """(tensorrt, GPU name), or skip saying what is missing (before any model is trained)."""
+    """(tensorrt, GPU name), or skip where TensorRT or a GPU is absent (before any model is trained). TensorRT and a
+    GPU without a working cuda-python fail: a broken install, not a machine without the hardware."""
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: the real build needs "
-                              "pip install 'seenn-deploy[trt]' and a CUDA GPU")
+                              "pip install 'seenn-deploy[trt-cu12]' and a CUDA GPU")
     from seenn_deploy.runtime.executors.trt import gpu_info, load_cudart
 
+    cudart = load_cudart()  # MissingDependency here fails the test
     try:
-        name, _ = gpu_info(load_cudart())
+        name, _ = gpu_info(cudart)
     except UserError as exc:
-        pytest.skip(f"needs cuda-python and a CUDA GPU: {exc}")
+        if "no CUDA device" not in str(exc):
+            raise
+        pytest.skip(f"needs a CUDA GPU: {exc}")
     return trt, name
 
 

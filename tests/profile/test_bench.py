@@ -31,7 +31,7 @@ def test_bench_compares_early_exit_with_fixed(digits_bundle, tmp_path):
 
 def test_bench_refuses_bad_input(digits_bundle, tmp_path):
     missing_trt = cli("bench", "--engine", digits_bundle, "--synthetic", "--backend", "trt")
-    assert missing_trt.returncode == 2 and "seenn-deploy[trt]" in missing_trt.stderr
+    assert missing_trt.returncode == 2 and "seenn-deploy[trt-cu12]" in missing_trt.stderr
     both = cli("bench", "--engine", digits_bundle, "--synthetic", "--data", "digits")
     assert both.returncode == 2 and "one of --data SPEC or --synthetic" in both.stderr
     plan = tmp_path / "model.plan"

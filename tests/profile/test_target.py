@@ -79,7 +79,7 @@ def planned_bundle(digits_bundle, tmp_path):
 
 def test_a_plan_without_tensorrt_says_what_to_install(planned_bundle, run_cli, no_tensorrt):
     line = run_cli("bench", "--engine", planned_bundle["step"], *FAST).error()
-    assert "tensorrt is not installed" in line and "pip install 'seenn-deploy[trt]'" in line
+    assert "tensorrt is not installed" in line and "pip install 'seenn-deploy[trt-cu12]'" in line
 
 
 def test_a_plan_must_be_the_step_plan_of_a_bundle(planned_bundle, run_cli, tmp_path, monkeypatch):

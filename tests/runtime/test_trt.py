@@ -148,22 +148,37 @@ def test_trt_backend_without_tensorrt_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MissingDependency) as info:
         Runtime.from_bundle(bundle, backend="trt")
     message = str(info.value)
-    assert "tensorrt is not installed" in message and "pip install 'seenn-deploy[trt]'" in message
+    assert "tensorrt is not installed" in message and "pip install 'seenn-deploy[trt-cu12]'" in message
+    assert "[trt-cu13]" in message and "580" in message
     assert "https://pypi.nvidia.com" in message and "JetPack" in message and "\n" not in message
 
 
 # -- stand-ins for tensorrt and cuda-python ----------------------------------------------------
+ALIGNMENT = 256  # TensorRT: "The pointer must have at least 256-byte alignment" (setTensorAddress)
+
+
 class FakeCudart(types.ModuleType):
     """cuda-python's runtime calls the executor makes, on host memory; every call returns (error, *results).
 
-    Work runs at once (a stream is a label). Stream capture records enqueues; a graph launch replays
-    them with the shapes and addresses bound at capture time, as a real CUDA graph would.
+    It keeps the rules real CUDA enforces, so code that breaks them fails here too:
+
+    * Work is deferred: copies, memsets, enqueues and graph launches queue on their stream and run at
+      cudaStreamSynchronize (a host buffer is read when its copy runs, not when it is queued).
+    * Allocations are 256-byte aligned, as cudaMalloc's are; pointers are checked to lie in one.
+    * Stream capture (thread-local mode) records the stream's work into a graph. A synchronize or an
+      allocation during capture is refused with cudaErrorStreamCaptureUnsupported and invalidates the
+      capture: cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated and a NULL graph.
+    * A failed call sets the error cudaGetLastError returns (and clears); graphs, executable graphs and
+      buffers are counted until destroyed, so a leak shows.
     """
 
     class cudaError_t(enum.IntEnum):
         cudaSuccess = 0
         cudaErrorInvalidValue = 1
+        cudaErrorInsufficientDriver = 35
         cudaErrorNoDevice = 100
+        cudaErrorStreamCaptureUnsupported = 900
+        cudaErrorStreamCaptureInvalidated = 901
 
     class cudaMemcpyKind(enum.IntEnum):
         cudaMemcpyHostToDevice = 1
@@ -173,16 +188,40 @@ class FakeCudart(types.ModuleType):
         cudaStreamCaptureModeGlobal = 0
         cudaStreamCaptureModeThreadLocal = 1
 
-    def __init__(self, devices: int = 1) -> None:
+    class cudaStreamCaptureStatus(enum.IntEnum):
+        cudaStreamCaptureStatusNone = 0
+        cudaStreamCaptureStatusActive = 1
+        cudaStreamCaptureStatusInvalidated = 2
+
+    def __init__(self, devices: int = 1, driver: int = 12080, runtime: int = 12060) -> None:
         super().__init__("cuda.bindings.runtime")
-        self.devices = devices
-        self.memory: dict[int, tuple[str, np.ndarray]] = {}
-        self.capture: list | None = None
-        self.graphs: dict[int, list] = {}
+        self.devices, self.driver, self.runtime = devices, driver, runtime
+        self.memory: dict[int, tuple[str, np.ndarray]] = {}  # aligned pointer -> (kind, its bytes)
+        self._blocks: dict[int, np.ndarray] = {}  # aligned pointer -> the over-allocated block that holds it
+        self.queues: dict[int, list] = {}  # stream -> work not run yet
+        self.capture: dict | None = None  # {"stream", "ops", "valid"} while a stream captures
+        self.graphs: dict[int, list] = {}  # captured graphs not destroyed
+        self.execs: dict[int, list] = {}  # instantiated graphs not destroyed
         self.launches = 0
+        self.captures = 0
+        self.last_error = self.cudaError_t.cudaSuccess
+        self._ids = iter(range(1000, 10**9))
 
     def _ok(self, *results):
         return (self.cudaError_t.cudaSuccess, *results)
+
+    def _fail(self, error, *results):
+        self.last_error = error
+        return (error, *results)
+
+    def _capturing(self, stream=None) -> bool:
+        return self.capture is not None and (stream is None or self.capture["stream"] == stream)
+
+    def _refuse_during_capture(self, *results):
+        """What an unsafe call made while this thread captures gets (thread-local mode): an error, and the capture
+        is invalidated."""
+        self.capture["valid"] = False
+        return self._fail(self.cudaError_t.cudaErrorStreamCaptureUnsupported, *results)
 
     def _where(self, pointer: int, nbytes: int) -> str:
         for start, (kind, buffer) in self.memory.items():
@@ -191,28 +230,81 @@ class FakeCudart(types.ModuleType):
         raise AssertionError(f"{pointer:#x}+{nbytes} is outside every allocation")
 
     def _alloc(self, kind: str, nbytes: int):
-        buffer = np.full(nbytes, 0xAB, dtype=np.uint8)  # garbage, as fresh device memory holds
+        if self._capturing():
+            return self._refuse_during_capture(0)
+        block = np.full(nbytes + ALIGNMENT, 0xAB, dtype=np.uint8)  # garbage, as fresh device memory holds
+        offset = -block.ctypes.data % ALIGNMENT
+        buffer = block[offset : offset + nbytes]
         self.memory[buffer.ctypes.data] = (kind, buffer)
+        self._blocks[buffer.ctypes.data] = block
         return self._ok(buffer.ctypes.data)
 
+    def _free(self, pointer, kind: str):
+        if self._capturing():
+            return self._refuse_during_capture()
+        assert self.memory.pop(pointer)[0] == kind
+        del self._blocks[pointer]
+        return self._ok()
+
+    def _enqueue(self, stream, work):
+        """Queue `work` on `stream`, or record it into the graph being captured there."""
+        if self._capturing(stream):
+            self.capture["ops"].append(work)
+        else:
+            self.queues.setdefault(stream, []).append(work)
+        return self._ok()
+
+    # -- devices and versions
     def cudaGetDeviceCount(self):
-        return self._ok(self.devices) if self.devices else (self.cudaError_t.cudaErrorNoDevice, 0)
+        if self.driver // 1000 < self.runtime // 1000:
+            return self._fail(self.cudaError_t.cudaErrorInsufficientDriver, 0)
+        return self._ok(self.devices) if self.devices else self._fail(self.cudaError_t.cudaErrorNoDevice, 0)
+
+    def cudaDriverGetVersion(self):
+        return self._ok(self.driver)
+
+    def cudaRuntimeGetVersion(self):
+        return self._ok(self.runtime)
 
     def cudaGetDeviceProperties(self, device):
         return self._ok(types.SimpleNamespace(name=b"Fake GPU\x00\x00", major=8, minor=7))
 
+    def cudaDeviceGetPCIBusId(self, length, device):
+        return self._ok(f"0000:{0x65 + device:02x}:00.0".encode())
+
     def cudaSetDevice(self, device):
         return self._ok()
 
+    def cudaGetLastError(self):
+        error, self.last_error = self.last_error, self.cudaError_t.cudaSuccess
+        return (error,)
+
+    # -- streams
     def cudaStreamCreate(self):
-        return self._ok(7)
+        stream = next(self._ids)
+        self.queues[stream] = []
+        return self._ok(stream)
 
     def cudaStreamSynchronize(self, stream):
+        if self._capturing(stream):
+            return self._refuse_during_capture()
+        work, self.queues[stream] = self.queues[stream], []
+        for run in work:
+            run()
         return self._ok()
 
     def cudaStreamDestroy(self, stream):
+        assert not self.queues.pop(stream), "a stream destroyed with work not synchronized"
         return self._ok()
 
+    def cudaStreamIsCapturing(self, stream):
+        status = self.cudaStreamCaptureStatus
+        if not self._capturing(stream):
+            return self._ok(status.cudaStreamCaptureStatusNone)
+        return self._ok(status.cudaStreamCaptureStatusActive if self.capture["valid"]
+                        else status.cudaStreamCaptureStatusInvalidated)
+
+    # -- memory
     def cudaMalloc(self, nbytes):
         return self._alloc("device", nbytes)
 
@@ -220,52 +312,69 @@ class FakeCudart(types.ModuleType):
         return self._alloc("host", nbytes)
 
     def cudaFree(self, pointer):
-        assert self.memory.pop(pointer)[0] == "device"
-        return self._ok()
+        return self._free(pointer, "device")
 
     def cudaFreeHost(self, pointer):
-        assert self.memory.pop(pointer)[0] == "host"
-        return self._ok()
+        return self._free(pointer, "host")
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
         to_device = kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice
         assert (self._where(dst, nbytes), self._where(src, nbytes)) == (("device", "host") if to_device else ("host", "device"))
-        ctypes.memmove(dst, src, nbytes)
-        return self._ok()
+        return self._enqueue(stream, lambda: ctypes.memmove(dst, src, nbytes))
 
     def cudaMemsetAsync(self, pointer, value, nbytes, stream):
         assert self._where(pointer, nbytes) == "device"
-        ctypes.memset(pointer, value, nbytes)
-        return self._ok()
+        return self._enqueue(stream, lambda: ctypes.memset(pointer, value, nbytes))
 
+    # -- graphs
     def cudaStreamBeginCapture(self, stream, mode):
-        self.capture = []
+        assert mode == self.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        if self.capture is not None:
+            return self._fail(self.cudaError_t.cudaErrorInvalidValue)
+        self.capture = {"stream": stream, "ops": [], "valid": True}
+        self.captures += 1
         return self._ok()
 
     def cudaStreamEndCapture(self, stream):
-        graph, self.capture = self.capture, None
-        self.graphs[id(graph)] = graph
-        return self._ok(id(graph))
-
-    def cudaGraphInstantiate(self, graph, flags):
+        if not self._capturing(stream):
+            return self._fail(self.cudaError_t.cudaErrorInvalidValue, 0)
+        capture, self.capture = self.capture, None
+        if not capture["valid"]:
+            return self._fail(self.cudaError_t.cudaErrorStreamCaptureInvalidated, 0)
+        graph = next(self._ids)
+        self.graphs[graph] = capture["ops"]
         return self._ok(graph)
 
+    def cudaGraphInstantiate(self, graph, flags):
+        if graph not in self.graphs:
+            return self._fail(self.cudaError_t.cudaErrorInvalidValue, 0)
+        executable = next(self._ids)
+        self.execs[executable] = list(self.graphs[graph])
+        return self._ok(executable)
+
     def cudaGraphLaunch(self, executable, stream):
+        ops = self.execs[executable]
         self.launches += 1
-        for context, shapes, addresses in self.graphs[executable]:
-            context.compute(shapes, addresses)
-        return self._ok()
+        return self._enqueue(stream, lambda: [op() for op in ops])
 
     def cudaGraphDestroy(self, graph):
+        del self.graphs[graph]
         return self._ok()
 
     def cudaGraphExecDestroy(self, executable):
-        self.graphs.pop(executable)
+        del self.execs[executable]
         return self._ok()
 
 
-def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleType:
-    """A `tensorrt` whose plans are ONNX files, run by ONNX Runtime on tensors at the bound addresses."""
+def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0", sync_in_enqueue: bool = False) -> types.ModuleType:
+    """A `tensorrt` whose plans are ONNX files, run by ONNX Runtime on tensors at the bound addresses.
+
+    execute_async_v3 queues the work on the given stream (with the shapes and addresses bound at that
+    moment, as TensorRT's kernels take them), so it runs when the stream is synchronized or, under
+    capture, when the graph is launched. set_tensor_address refuses a pointer that is not 256-byte
+    aligned. `sync_in_enqueue`: the plan synchronizes its stream inside enqueue, as plans with some
+    plugins do, which breaks a stream capture.
+    """
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
@@ -291,16 +400,17 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleTy
             return (self.shapes[X][0], *self.engine.rows[name])
 
         def set_tensor_address(self, name, pointer):
+            if pointer % ALIGNMENT:
+                return False  # TensorRT logs "... must be aligned" and refuses
             self.addresses[name] = pointer
             return True
 
         def execute_async_v3(self, stream_handle):
             assert isinstance(stream_handle, int)
-            snapshot = (self, dict(self.shapes), dict(self.addresses))
-            if cudart.capture is not None:
-                cudart.capture.append(snapshot)
-            else:
-                self.compute(*snapshot[1:])
+            if sync_in_enqueue and cudart.cudaStreamSynchronize(stream_handle)[0] != cudart.cudaError_t.cudaSuccess:
+                return False
+            shapes, addresses = dict(self.shapes), dict(self.addresses)
+            cudart._enqueue(stream_handle, lambda: self.compute(shapes, addresses))
             return True
 
         def compute(self, shapes, addresses):
@@ -310,6 +420,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleTy
             def at(name, shape):
                 dtype = engine.dtypes[name]
                 nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                assert cudart._where(addresses[name], nbytes) == "device", f"{name} is not in device memory"
                 raw = np.ctypeslib.as_array(ctypes.cast(addresses[name], ctypes.POINTER(ctypes.c_uint8)), (nbytes,))
                 return raw.view(dtype).reshape(shape)
 
@@ -360,11 +471,11 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0") -> types.ModuleTy
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """Installs the stand-ins: returns a function (version, devices) -> the FakeCudart in use."""
+    """Installs the stand-ins: returns a function (version, devices, ...) -> the FakeCudart in use."""
 
-    def install(version: str = "10.3.0", devices: int = 1) -> FakeCudart:
-        cudart = FakeCudart(devices)
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(cudart, version))
+    def install(version: str = "10.3.0", devices: int = 1, sync_in_enqueue: bool = False, **versions) -> FakeCudart:
+        cudart = FakeCudart(devices, **versions)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(cudart, version, sync_in_enqueue))
         monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
         monkeypatch.setitem(sys.modules, "cuda.bindings", types.ModuleType("cuda.bindings"))
         monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
@@ -574,13 +685,73 @@ def test_stand_in_device_states_match_the_numpy_path(fake_bundle, fake_cuda, dig
     with open_trt_graphs(bundle, manifest, cuda_graphs=cuda_graphs)("step") as step:
         assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=7, steps=12, atol=0)
         assert cudart.launches == (12 - 2 if cuda_graphs else 0)  # two warm-up steps, one per parity
-        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=5, steps=6, atol=0)  # new batch: re-capture
-        assert len(cudart.graphs) == (2 if cuda_graphs else 0) and step.graph_error is None
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=5, steps=6, atol=0)  # new batch
+        assert len(cudart.execs) == (4 if cuda_graphs else 0) and step.graph_error is None  # 2 per batch, kept
+        assert not cudart.graphs  # the captured graphs were destroyed once instantiated
         step.run({X: encoded[:3], RESET: np.ones(3, bool),
                   **{s.name: np.zeros((3, *s.shape), s.dtype) for s in manifest.states}})
         with pytest.raises(UserError, match="bind_states"):  # run() ended the device sequence
             step.step_device(None, np.zeros(5, bool))
-    assert not cudart.memory  # close() freed every buffer
+        captures = cudart.captures
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=7, steps=5, atol=0)  # after run()
+        assert cudart.captures == captures  # the batch-7 graphs replay: their buffers are the same
+    assert not cudart.memory and not cudart.execs  # close() freed every buffer and graph
+
+
+def test_stand_in_graphs_are_captured_once_per_batch_not_per_infer(fake_bundle, fake_cuda, digits):
+    bundle, _ = fake_bundle
+    cudart = fake_cuda()
+    with Runtime.from_bundle(bundle, backend="trt", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+        first = runtime.infer(digits.x[:80])
+        assert cudart.captures == 2  # (16, parity 0) and (16, parity 1)
+        launches = cudart.launches
+        second = runtime.infer(digits.x[:80])
+        assert cudart.captures == 2 and cudart.launches > 2 * launches - 2  # replayed from the first step on
+    assert [(r.prediction, r.timesteps) for r in first] == [(r.prediction, r.timesteps) for r in second]
+
+
+def test_stand_in_a_capture_the_plan_breaks_is_undone_reported_and_run_without_graphs(fake_bundle, fake_cuda, digits):
+    bundle, manifest = fake_bundle
+    cudart = fake_cuda(sync_in_enqueue=True)
+    with pytest.warns(RuntimeWarning, match=r"CUDA graph capture failed .*invalidated|could not enqueue"):
+        with Runtime.from_bundle(bundle, backend="trt", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+            got = runtime.infer(digits.x[:80])
+            assert runtime.step.graph_error and not runtime.step.cuda_graphs
+            assert cudart.captures == 1 and not cudart.graphs and not cudart.execs  # nothing of it leaked
+            assert cudart.cudaGetLastError()[0] == cudart.cudaError_t.cudaSuccess  # and its error was cleared
+    with Runtime.from_bundle(bundle, backend="ort", exit=Confidence(ALPHA), mode="slots", batch=16) as runtime:
+        want = runtime.infer(digits.x[:80])
+    assert [(r.prediction, r.timesteps) for r in got] == [(r.prediction, r.timesteps) for r in want]
+
+
+def test_stand_ins_enforce_what_cuda_and_tensorrt_enforce(fake_bundle, fake_cuda):
+    """The rules the stand-ins keep, so the executor's tests mean something: deferred work, capture, alignment."""
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+
+    bundle, manifest = fake_bundle
+    cudart = fake_cuda()
+    stream = cudart.cudaStreamCreate()[1]
+    device, host = cudart.cudaMalloc(256)[1], cudart.cudaMallocHost(256)[1]
+    assert device % ALIGNMENT == 0 and host % ALIGNMENT == 0
+    ctypes.memset(host, 7, 4)
+    cudart.cudaMemcpyAsync(device, host, 4, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+    ctypes.memset(host, 9, 4)  # before the copy ran: the copy reads this
+    cudart.cudaStreamSynchronize(stream)
+    assert ctypes.string_at(device, 4) == b"\x09" * 4
+    cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+    assert cudart.cudaStreamSynchronize(stream)[0] == cudart.cudaError_t.cudaErrorStreamCaptureUnsupported
+    assert cudart.cudaStreamEndCapture(stream) == (cudart.cudaError_t.cudaErrorStreamCaptureInvalidated, 0)
+    assert cudart.cudaGetLastError()[0] == cudart.cudaError_t.cudaErrorStreamCaptureInvalidated
+    with open_trt_graphs(bundle, manifest)("step") as step:
+        assert step.context.set_tensor_address(X, device + 16) is False  # not 256-byte aligned
+
+
+def test_a_driver_older_than_the_bindings_names_both_cuda_versions(tmp_path, fake_cuda):
+    bundle, _ = tiny_bundle(tmp_path / "b.seenn")
+    fake_cuda(driver=12020, runtime=13000)  # a CUDA 12.2 driver (535) under cuda-python 13
+    with pytest.raises(UserError, match=r"driver supports CUDA 12\.2.*cuda-python is built for CUDA 13\.0.*"
+                                        r"seenn-deploy\[trt-cu12\]"):
+        Runtime.from_bundle(bundle, backend="trt")
 
 
 @pytest.mark.parametrize("exact", [True, False])  # False: the comparison the GPU test makes
@@ -609,15 +780,19 @@ def test_stand_in_bench_target_runs_exactly_the_given_plan(fake_bundle, fake_cud
 
 # -- on a GPU with TensorRT ----------------------------------------------------------------------
 def trt_and_gpu():
-    """(tensorrt, gpu name, compute capability), or skip saying what is missing."""
+    """(tensorrt, gpu name, compute capability); skip where TensorRT or a GPU is absent. A machine with TensorRT and
+    a GPU but no (or the wrong) cuda-python fails: that is a broken install, not a machine without the hardware."""
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: these tests need "
-                              "pip install 'seenn-deploy[trt]' and a CUDA GPU")
+                              "pip install 'seenn-deploy[trt-cu12]' and a CUDA GPU")
     from seenn_deploy.runtime.executors.trt import gpu_info, load_cudart
 
+    cudart = load_cudart()  # MissingDependency here fails the test
     try:
-        name, capability = gpu_info(load_cudart())
-    except UserError as exc:  # MissingDependency included
-        pytest.skip(f"needs cuda-python and a CUDA GPU: {exc}")
+        name, capability = gpu_info(cudart)
+    except UserError as exc:
+        if "no CUDA device" not in str(exc):
+            raise
+        pytest.skip(f"needs a CUDA GPU: {exc}")
     return trt, name, capability
 
 

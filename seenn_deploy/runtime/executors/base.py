@@ -28,7 +28,12 @@ class Executor:
 
     `output_infos`: the outputs' shapes and dtypes where the backend reads them from the graph (None
     where the outputs are only named), so a bundle can be checked against its manifest when it opens.
+    `placement` says where the graph actually runs (reports print it); `cuda_device` is the CUDA
+    ordinal of the GPU it runs on, None on the CPU (a power sampler binds to that GPU).
     """
+
+    placement: str = "cpu"
+    cuda_device: int | None = None
 
     def __init__(self, inputs: list[TensorInfo], outputs: list[str], label: str,
                  output_infos: list[TensorInfo] | None = None) -> None:

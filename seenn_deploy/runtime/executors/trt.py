@@ -26,8 +26,14 @@ Two ways to run a graph:
   Static inputs are written once per sample (dict of slot -> row); event inputs pass the whole
   frame batch [B, ...] every step. With `cuda_graphs`, the enqueue of each (batch, parity) is
   captured as a CUDA graph after one warm-up call and replayed: ping-pong means two graphs per
-  batch size, one per parity; `bind_states` with another batch size drops them. `run()` ends a
-  device sequence (it reuses the state buffers).
+  batch size, one per parity. The buffers live as long as the executor, so the graphs do too:
+  a later sequence of the same batch (the next `infer()`) replays them without a new capture.
+  `run()` ends a device sequence (it reuses the state buffers). A capture that fails (some
+  plans cannot be captured) is undone (graph destroyed, CUDA's error cleared), reported once as
+  a RuntimeWarning and in `graph_error`, and the executor goes on without graphs.
+
+Driver and bindings: cuda-python 13 needs a driver for CUDA 13 (580+). Where the driver is older
+than the bindings, the error names both CUDA versions and the extra that matches the driver.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,8 +59,7 @@ from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorIn
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
 
 PURPOSE = "the trt backend"
-TRT_HINT = ("; TensorRT's wheels come from NVIDIA's index (pip install tensorrt --extra-index-url "
-            "https://pypi.nvidia.com), and on Jetson TensorRT ships with JetPack (use its system Python, not pip)")
+INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver, the same number in CUDA 12 and 13
 _LOGGERS: dict[int, tuple] = {}  # one TensorRT logger per process (per tensorrt module): id -> (module, logger)
 
 
@@ -62,11 +68,8 @@ class CudaError(UserError):
 
 
 def load_tensorrt(purpose: str = PURPOSE):
-    """`tensorrt`, or MissingDependency naming the extra `trt` and where TensorRT comes from."""
-    try:
-        return require("tensorrt", purpose)
-    except MissingDependency as exc:
-        raise MissingDependency(f"{exc}{TRT_HINT}") from exc
+    """`tensorrt`, or MissingDependency naming the extras (trt-cu12, trt-cu13) and where TensorRT comes from."""
+    return require("tensorrt", purpose)
 
 
 def load_cudart(purpose: str = PURPOSE):
@@ -103,13 +106,40 @@ class CudaCalls:
         return results[0] if len(results) == 1 else tuple(results)
 
 
+def cuda_version(number: int) -> str:
+    """12020 -> '12.2' (CUDA's 1000 * major + 10 * minor)."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def driver_too_old(cudart) -> str | None:
+    """Why the driver cannot run these bindings (naming both CUDA versions and the fix), or None when it can."""
+    try:
+        driver = cudart.cudaDriverGetVersion()[1]
+        bindings = cudart.cudaRuntimeGetVersion()[1]
+    except Exception:  # noqa: BLE001 - an old binding without these calls: nothing more to say
+        return None
+    if driver == 0:
+        return "no NVIDIA driver is installed (cudaDriverGetVersion reports 0)"
+    if driver // 1000 >= bindings // 1000:
+        return None
+    major = driver // 1000
+    return (f"the NVIDIA driver supports CUDA {cuda_version(driver)}, but the installed cuda-python is built for CUDA "
+            f"{cuda_version(bindings)}: install the bindings for the driver (pip install 'seenn-deploy[trt-cu{major}]', "
+            f"which pins cuda-python {major}.x and TensorRT for CUDA {major}), or update the driver")
+
+
 def gpu_info(cudart, device: int = 0, fix: str | None = None) -> tuple[str, str]:
-    """(name, compute capability 'major.minor') of CUDA device `device`; UserError ending in `fix` when there is none."""
+    """(name, compute capability 'major.minor') of CUDA device `device`; UserError ending in `fix` when there is none,
+    or naming the versions when the driver is too old for the bindings."""
     fix = fix or "the trt backend needs an NVIDIA GPU and its driver; on this machine use backend='ort'"
     try:
         err, count = cudart.cudaGetDeviceCount()
     except Exception as exc:  # the driver library itself is missing
         raise UserError(f"no CUDA device was found ({exc}): {fix}") from None
+    if int(err) == INSUFFICIENT_DRIVER or (err != cudart.cudaError_t.cudaSuccess and driver_too_old(cudart)):
+        raise UserError(driver_too_old(cudart) or "the NVIDIA driver is too old for the installed cuda-python "
+                        "(cudaErrorInsufficientDriver): update the driver, or install cuda-python of the driver's "
+                        "CUDA major version (pip install 'seenn-deploy[trt-cu12]')")
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
         raise UserError(f"no CUDA device was found ({getattr(err, 'name', err)}): {fix}")
     if not 0 <= device < count:
@@ -158,6 +188,7 @@ class TrtExecutor(Executor):
         self._seq_batch: int | None = None  # batch of the running device sequence
         self._states_owned = False  # a TrtDeviceStates is open
         self.on_device = True
+        self.cuda_device = device
         self._parity = 0
         self._shape_batch: int | None = None
         gpu_name, capability = gpu_info(self.cudart, device)
@@ -186,6 +217,7 @@ class TrtExecutor(Executor):
             raise
         output_infos = [TensorInfo(n, (None, *self._out_rows[n]), self._tensors[n].dtype) for n in outputs]
         super().__init__(inputs, outputs, label or self.plan.name, output_infos)
+        self.placement = f"TensorRT {trt.__version__} on GPU {device} ({gpu_name})"
 
     # -- setup -----------------------------------------------------------------------------
     def _discover(self) -> tuple[list[TensorInfo], list[str]]:
@@ -335,8 +367,6 @@ class TrtExecutor(Executor):
             if not self.pairs:
                 raise UserError(f"{self.label}: device states need the step graph's state names (states=...)")
             self._check_batch(batch)
-            if batch != self._seq_batch:
-                self._drop_graphs()
             self._use_device()
             self._set_shapes(batch)
             state_names = {t.name for pair in self.pairs for t in pair}
@@ -416,22 +446,31 @@ class TrtExecutor(Executor):
             self._warm.add(key)
 
     def _capture(self):
-        """An instantiated CUDA graph of one enqueue with the current shapes and addresses, or None (graphs off)."""
-        rt = self.cudart
+        """An instantiated CUDA graph of one enqueue with the current shapes and addresses, or None: then graphs are
+        off from here on, `graph_error` says why (also in a RuntimeWarning), and nothing of the capture is left
+        (the partial graph is destroyed, the stream is out of capture mode, CUDA's last error is cleared)."""
+        rt, graph = self.cudart, None
         try:
             self.cuda("cudaStreamBeginCapture", self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
             try:
                 ok = self.context.execute_async_v3(int(self.stream))
-            finally:
-                graph = self.cuda("cudaStreamEndCapture", self.stream)
+            finally:  # ends the capture whatever happened; an invalidated capture gives no graph and an error
+                err, graph = rt.cudaStreamEndCapture(self.stream)
             if not ok:
-                raise CudaError("TensorRT could not enqueue the plan under stream capture")
-            executable = self.cuda("cudaGraphInstantiate", graph, 0)
-            self.cuda("cudaGraphDestroy", graph)
-            return executable
-        except CudaError as exc:  # some plans cannot be captured: run them without graphs
+                raise CudaError("TensorRT could not enqueue the plan under stream capture (its log above says why)")
+            if err != rt.cudaError_t.cudaSuccess:
+                raise CudaError(f"the capture was invalidated ({getattr(err, 'name', err)}): the plan's enqueue does "
+                                "something a CUDA graph cannot hold")
+            return self.cuda("cudaGraphInstantiate", graph, 0)
+        except CudaError as exc:
+            rt.cudaGetLastError()  # capture errors are not sticky: clear them so the next call does not report them
             self.cuda_graphs, self.graph_error = False, str(exc)
+            warnings.warn(f"{self.label}: CUDA graph capture failed ({exc}); the steps run without graphs",
+                          RuntimeWarning, stacklevel=4)
             return None
+        finally:
+            if graph is not None and int(graph):  # an invalidated capture returns a NULL graph
+                rt.cudaGraphDestroy(graph)
 
     def _drop_graphs(self) -> None:
         for executable in self._graphs.values():
@@ -440,9 +479,8 @@ class TrtExecutor(Executor):
         self._warm.clear()
 
     def _end_sequence(self) -> None:
-        if self._seq_batch is not None:
-            self._drop_graphs()
-            self._seq_batch = None
+        """The state buffers are about to be overwritten; the graphs stay valid (same buffers) and are kept."""
+        self._seq_batch = None
 
     # -- teardown --------------------------------------------------------------------------
     def close(self) -> None:
