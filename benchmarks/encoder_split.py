@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from runtime_early_exit import paired
+from runtime_early_exit import paired, timed
 
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
@@ -51,7 +51,8 @@ def main() -> None:
             for name, policy in (("fixed", Fixed(t_max)), ("early exit", Confidence(args.alpha))):
                 for rt in runtimes.values():
                     rt.exit = policy
-                ratio = paired(lambda: runtimes["on"].infer(x), lambda: runtimes["off"].infer(x), args.pairs)
+                ratio = paired(lambda: timed(lambda: runtimes["on"].infer(x)), lambda: timed(lambda: runtimes["off"].infer(x)),
+                               args.pairs)
                 figures[f"batch {batch}, {name}"] = ratio
                 print(f"batch {batch:>2}, {name:<10}: split / no split time {ratio['median']:.3f} "
                       f"(quartiles {ratio['q1']:.3f}-{ratio['q3']:.3f}, {ratio['pairs']} pairs)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def plot_curve(path: Path, report: dict, title: str) -> None:
                     markersize=14, label=f"on test: {100 * c['accuracy']:.2f}% at {c['avg_timesteps']:.2f} T")
     ax.set_xlabel("average timesteps")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{title}\nchosen on {choice['data']}", fontsize=9)
+    ax.set_title("\n".join([title, *textwrap.wrap(f"chosen on {choice['data']}", 90)]), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
     save(fig, path)

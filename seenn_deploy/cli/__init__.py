@@ -40,6 +40,10 @@ def _end(exc: BaseException, interrupted: bool) -> NoReturn:
     # A SIGINT can surface as another exception: torch.export, for one, wraps what it interrupts. click has
     # closed the terminal's ^C echo with a newline where it saw the KeyboardInterrupt (Abort); else we do.
     if interrupted or isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
+        # The outcome is decided: a SIGINT still pending (one a library caught and let through late, or a
+        # second ^C) must not turn exit 130 into death by signal while we report it.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit(EXIT_INTERRUPTED, "interrupted" if isinstance(exc, click.exceptions.Abort) else "\ninterrupted")
     if isinstance(exc, UserError):
         _exit(EXIT_BAD_INPUT, f"error: {exc}")

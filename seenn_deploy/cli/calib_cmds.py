@@ -63,7 +63,7 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
                plots: bool, quiet: bool):
     """Profile (or reuse the profiles), choose, plot and write, under the bundle's lock -> (report, written exit)."""
     from seenn_deploy.calib.calibrate import analyse, write_exit, write_report
-    from seenn_deploy.calib.data_plan import CHOICE_PROFILE, TEST_PROFILE, obtain_profile
+    from seenn_deploy.calib.data_plan import CALIB_DIR, CHOICE_PROFILE, TEST_PROFILE, obtain_profile
     from seenn_deploy.calib.profile import bundle_fingerprint, profile_bundle
     from seenn_deploy.data.progress import progress_enabled
     from seenn_deploy.runtime.api import Runtime
@@ -96,7 +96,7 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
         from seenn_deploy.calib.plots import make_plots
 
         made, note = make_plots(folder, bundle.name, report.to_dict(), choice.scores[metric], choice.correct())
-        report.plots = [str(p.relative_to(bundle)) for p in made]
+        report.plots = [f"{CALIB_DIR}/{p.name}" for p in made]
         if note:
             report.warnings.append(note)
     written = write_exit(bundle, manifest, chosen, metric, choice.data) if chosen is not None and write else None

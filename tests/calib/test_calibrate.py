@@ -170,9 +170,9 @@ def test_targets_pick_the_right_points(profiled):
     assert any("optimistic" in w for w in report.warnings)
 
 
-def cli(*args, env=None):
+def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "seenn_deploy.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+                          cwd=cwd)
 
 
 def test_calibrate_chooses_on_the_validation_slice_and_scores_test_once(digits_bundle, tmp_path):
@@ -198,8 +198,9 @@ def test_calibrate_chooses_on_the_validation_slice_and_scores_test_once(digits_b
     assert np.mean([r.prediction == y for r, y in zip(results, data.y)]) == report["test"]["chosen"]["accuracy"]
     assert np.mean([r.timesteps for r in results]) == pytest.approx(report["test"]["chosen"]["avg_timesteps"])
     # the stored profiles serve a second target without running the model
-    again = cli("calibrate", bundle, "--target-timesteps", "2", "--no-plots", "--json", tmp_path / "r2.json")
+    again = cli("calibrate", "b", "--target-timesteps", "2", "--json", "r2.json", cwd=tmp_path)  # a relative bundle path
     assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "r2.json").read_text())["plots"] == ["calib/curve.png", "calib/exits.png", "calib/scores.png"]
     assert "profiling" not in again.stderr and len(read_manifest(bundle).history) == 2
 
 
