@@ -37,6 +37,10 @@ class Target:
     alpha: float | None = None
     t_cap: int | None = None
 
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.drop, self.timesteps, self.alpha))
+
     def check(self, t_max: int | None = None) -> None:
         given = [v is not None for v in (self.drop, self.timesteps, self.alpha)]
         if sum(given) > 1:
@@ -171,14 +175,19 @@ def analyse(choice: TimestepProfile, test: TimestepProfile | None, metric: str, 
     return report, chosen
 
 
+def check_writable_metric(metric: str) -> None:
+    """Only the confidence's exit can go into a bundle: the step graph outputs max softmax."""
+    if metric != "confidence":
+        raise UserError(f"--metric {metric} cannot be written into the bundle (the step graph outputs the confidence, "
+                        "max softmax): add --no-write to read its sweep in the report")
+
+
 def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str, data: str) -> str:
     """Set the bundle's default exit to the chosen point; the previous exit settings go to the history.
 
     Returns the --exit spelling of what was written.
     """
-    if metric != "confidence":
-        raise UserError("only --metric confidence is written into the bundle (the step graph outputs max softmax); "
-                        "the entropy sweep is in the report")
+    check_writable_metric(metric)
     info = manifest.exit
     manifest.history.append({
         "changed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -189,8 +198,10 @@ def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str,
     if info.kind == "policy":  # the policy stays the default; `policy+confidence` reads the alpha
         if fixed is None:
             info.alpha = float(point.alpha)
-        write_manifest(bundle, manifest)
-        return f"policy, alpha {info.alpha:.6g} for policy+confidence"
+            write_manifest(bundle, manifest)
+            return f"policy, alpha {info.alpha:.6g} for policy+confidence"
+        manifest.history.pop()
+        return f"policy (unchanged: the choice, fixed:{fixed}, has no alpha for policy+confidence)"
     cap = fixed if fixed is not None else point.t_cap
     info.kind = "fixed" if fixed is not None else "confidence"
     info.t_cap = None if cap >= manifest.timesteps else cap

@@ -23,7 +23,6 @@ from seenn_deploy.runtime.loop import run_timesteps
 from seenn_deploy.runtime.manifest import MAX_TIMESTEPS, Manifest
 from seenn_deploy.runtime.schema import parse_json
 
-PROFILE_FILE = "profile.npz"
 
 
 def bundle_fingerprint(bundle: Path, manifest: Manifest) -> str:
@@ -112,11 +111,6 @@ class TimestepProfile:
             raise bad(f"has labels of shape {list(labels.shape)} {labels.dtype.name}, not [{prediction.shape[1]}] "
                       "integers (one per sample)")
         return cls(scores, prediction, labels, info["fingerprint"], info["data"])
-
-    def check_bundle(self, fingerprint: str, where: Path) -> None:
-        if fingerprint != self.fingerprint:
-            raise UserError(f"profile {where} was made for another bundle (or before a re-export): "
-                            "run calibrate with --data to profile this bundle")
 
 
 def profile_bundle(bundle: Path, manifest: Manifest, step: Executor, encoder: Executor | None, x: np.ndarray,

@@ -9,8 +9,7 @@ import click
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import (
-    COUNT, EXIT_CHECK_FAILED, FRACTION, POSITIVE, allow_pickle_option, backend_options, batch_size_option, data_option,
-    device_option, emit_json, json_option, providers_option, samples_option, writable_bundle, writable_file,
+    COUNT, EXIT_CHECK_FAILED, FRACTION, POSITIVE, allow_pickle_option, backend_options, batch_size_option, data_option, device_option, echo, emit_json, json_option, providers_option, samples_option, writable_bundle, writable_file,
 )
 from seenn_deploy.errors import UserError
 
@@ -67,7 +66,7 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
     else:
         manifest = _export_factory(factory, checkpoint, out, input_shape, timesteps, sample_data, options, allow_pickle)
     graphs = ", ".join(f"{role}: {rel}" for role, rel in manifest.graphs.items())
-    click.echo(f"bundle written to {out} ({graphs}; {len(manifest.states)} states, T_max {manifest.timesteps}, "
+    echo(f"bundle written to {out} ({graphs}; {len(manifest.states)} states, T_max {manifest.timesteps}, "
                f"{manifest.precision}, batch 1..{manifest.max_batch})")
 
 
@@ -145,23 +144,23 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
         data = data.subset(samples)
     report = verify_bundle(bundle, manifest, model, data, Normalisation.from_dict(config.normalisation), batch_size,
                            min_agreement, max_flip_rate, backend=backend, **options)
-    click.echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
+    echo(f"{bundle} ({backend}) vs {checkpoint} on {data.name}: {report.samples} samples, T={report.timesteps}, "
                f"{report.precision}")
     for t in range(report.timesteps):
         acc = ""
         if report.bundle_accuracy is not None:
             acc = f"  accuracy {100 * report.bundle_accuracy[t]:.2f}% (torch {100 * report.reference_accuracy[t]:.2f}%)"
-        click.echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
+        echo(f"  t={t + 1}: agreement {100 * report.agreement[t]:.3f}%  max |logit diff| "
                    f"{report.max_logit_diff[t]:.2e}{acc}")
-    click.echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
+    echo(f"  spike-flip rate {report.spike_flip_rate:.2e} over {report.spike_layers} spiking layers")
     if report.spike_flip_rate:
-        click.echo("  by layer: " + ", ".join(f"{name} {rate:.1e}" for name, rate in report.layer_flip_rates.items()))
+        echo("  by layer: " + ", ".join(f"{name} {rate:.1e}" for name, rate in report.layer_flip_rates.items()))
     if report.hint:
-        click.echo(f"  {report.hint}")
+        echo(f"  {report.hint}")
     if report.precision == "fp16" and backend == "ort":
-        click.echo("  note: ONNX Runtime's CPU provider runs the FP16 layers in FP32 on the FP16 weights, so outputs "
+        echo("  note: ONNX Runtime's CPU provider runs the FP16 layers in FP32 on the FP16 weights, so outputs "
                    "are not rounded as on a GPU; --backend torch runs real FP16 arithmetic")
-    click.echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
+    echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
     if not report.passed:
         sys.exit(EXIT_CHECK_FAILED)
@@ -205,9 +204,9 @@ def build_cmd(bundle, precision, max_batch, opt_batch, workspace_mb, timing_cach
 
     options = BuildOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, workspace_mb=workspace_mb,
                            timing_cache=timing_cache, version_compatible=version_compatible, calib_data=calib_data)
-    engines = build_engines(bundle, options, log=click.echo)
+    engines = build_engines(bundle, options, log=echo)
     for engine in engines:
-        click.echo(f"wrote {engine.plan} ({engine.meta.role}, {engine.meta.precision}, batch "
+        echo(f"wrote {engine.plan} ({engine.meta.role}, {engine.meta.precision}, batch "
                    f"{engine.meta.profile['min']}..{engine.meta.profile['max']}, {engine.seconds:.1f} s)")
     emit_json(json_path, {"bundle": str(bundle), "engines": [
         {"path": str(e.plan), "seconds": e.seconds, **e.meta.to_dict()} for e in engines]})

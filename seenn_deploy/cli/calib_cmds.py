@@ -9,7 +9,9 @@ import click
 import numpy as np
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import COUNT, FiniteFloat, batch_size_option, emit_json, json_option, samples_option
+from seenn_deploy.cli.options import (
+    COUNT, FiniteFloat, batch_size_option, echo, emit_json, json_option, samples_option,
+)
 
 
 @cli.command("calibrate")
@@ -41,7 +43,7 @@ from seenn_deploy.cli.options import COUNT, FiniteFloat, batch_size_option, emit
 def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_drop, target_timesteps, alpha, t_cap,
                   metric, backend, batch_size, no_test, no_write, no_plots, quiet, json_path) -> None:
     """Choose the exit (alpha, timestep cap) on held-out data by an exact sweep, score it once on test, write it."""
-    from seenn_deploy.calib.calibrate import Target
+    from seenn_deploy.calib.calibrate import Target, check_writable_metric
     from seenn_deploy.calib.data_plan import CALIB_DIR, plan_data
     from seenn_deploy.files import FOLDER, bundle_lock, check_writable
     from seenn_deploy.runtime.bundle import bundle_path
@@ -50,6 +52,8 @@ def calibrate_cmd(bundle, data_spec, calib_data, calib_split, samples, target_dr
     manifest = read_manifest(bundle)
     target = Target(target_drop, target_timesteps, alpha, t_cap)
     target.check(manifest.timesteps)
+    if target.given and not no_write:
+        check_writable_metric(metric)
     plan = plan_data(manifest, data_spec, calib_data, calib_split, samples, score_test=not no_test)
     folder = check_writable(bundle_path(bundle, CALIB_DIR, "the calib folder"), "BUNDLE", FOLDER)
     with bundle_lock(bundle, "calibrate"):
@@ -99,8 +103,8 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
         report.plots = [f"{CALIB_DIR}/{p.name}" for p in made]
         if note:
             report.warnings.append(note)
-    written = write_exit(bundle, manifest, chosen, metric, choice.data) if chosen is not None and write else None
     write_report(folder, report)
+    written = write_exit(bundle, manifest, chosen, metric, choice.data) if chosen is not None and write else None
     return report, written
 
 
@@ -135,36 +139,36 @@ def _percent(x: float) -> str:
 
 def _print_report(bundle: Path, report, written: str | None) -> None:
     choice, chosen, test = report.choice, report.chosen, report.test
-    click.echo(f"{bundle}: metric {report.metric}, T_max {report.timesteps}")
-    click.echo(f"  chosen on {choice['data']}: {choice['samples']} samples")
-    click.echo(f"  fixed T:  {_fixed_line(choice['fixed'])}")
-    click.echo(f"  AET {choice['aet']:.3f}   empirical AET {choice['empirical_aet']:.3f}   exact sweep over "
+    echo(f"{bundle}: metric {report.metric}, T_max {report.timesteps}")
+    echo(f"  chosen on {choice['data']}: {choice['samples']} samples")
+    echo(f"  fixed T:  {_fixed_line(choice['fixed'])}")
+    echo(f"  AET {choice['aet']:.3f}   empirical AET {choice['empirical_aet']:.3f}   exact sweep over "
                f"{choice['points']} (alpha, T_cap) points in {1000 * choice['sweep_seconds']:.1f} ms, "
                f"{len(choice['front'])} on the Pareto front")
     shown = max(max(np.flatnonzero(row["exit_shares"]), default=0) for row in choice["table"]) + 1  # no all-zero tail
-    click.echo(f"  exit                      accuracy  avg T   exits per t (%){'' if shown == report.timesteps else f', t = 1..{shown}'}")
+    echo(f"  exit                      accuracy  avg T   exits per t (%){'' if shown == report.timesteps else f', t = 1..{shown}'}")
     for row in choice["table"]:
         shares = " ".join(f"{100 * s:5.1f}" for s in row["exit_shares"][:shown])
-        click.echo(f"  {row['exit']:<24}  {_percent(row['accuracy']):>7}  {row['avg_timesteps']:5.3f}   {shares}")
+        echo(f"  {row['exit']:<24}  {_percent(row['accuracy']):>7}  {row['avg_timesteps']:5.3f}   {shares}")
     if chosen is not None:
-        click.echo(f"  chosen {chosen['exit']}: {_percent(chosen['accuracy'])} at {chosen['avg_timesteps']:.3f} average "
+        echo(f"  chosen {chosen['exit']}: {_percent(chosen['accuracy'])} at {chosen['avg_timesteps']:.3f} average "
                    f"timesteps ({report.chosen_on})")
-        click.echo(f"    vs Fixed(T): {_verdicts(chosen['vs_fixed'])}")
+        echo(f"    vs Fixed(T): {_verdicts(chosen['vs_fixed'])}")
     if test is not None:
         full = test["fixed"][-1]
-        click.echo(f"  on test, {test['data']}: {test['samples']} samples, scored once")
-        click.echo(f"  fixed T:  {_fixed_line(test['fixed'])}")
+        echo(f"  on test, {test['data']}: {test['samples']} samples, scored once")
+        echo(f"  fixed T:  {_fixed_line(test['fixed'])}")
         if "chosen" in test:
             c = test["chosen"]
             drop = 100 * (full["accuracy"] - c["accuracy"])
-            click.echo(f"  chosen {chosen['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps, "
+            echo(f"  chosen {chosen['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps, "
                        f"{drop:.2f} points below Fixed({full['timesteps']}) (on the choice set: {_percent(chosen['accuracy'])} "
                        f"at {chosen['avg_timesteps']:.3f})")
     for warning in report.warnings:
-        click.echo(f"  warning: {warning}")
+        echo(f"  warning: {warning}")
     if written is not None:
-        click.echo(f"  written to {bundle}/manifest.json (exit {written})")
+        echo(f"  written to {bundle}/manifest.json (exit {written})")
     for plot in report.plots:
-        click.echo(f"  plot: {bundle}/{plot}")
+        echo(f"  plot: {bundle}/{plot}")
     if chosen is None:
-        click.echo("  no target given: --target-drop PTS, --target-timesteps T or --alpha A choose and write an exit")
+        echo("  no target given: --target-drop PTS, --target-timesteps T or --alpha A choose and write an exit")

@@ -8,13 +8,7 @@ import click
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import (
-    COUNT,
-    POSITIVE,
-    FiniteFloat,
-    data_option,
-    emit_json,
-    json_option,
-    writable_folder,
+    COUNT, FiniteFloat, POSITIVE, data_option, echo, emit_json, json_option, writable_folder,
 )
 
 
@@ -61,8 +55,8 @@ def train_ann_cmd(arch, data_spec, epochs, out, activation, levels, lambda_init,
         augment=augment, seed=seed, resume=resume, val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps,
         train_samples=train_samples,
     )
-    history = train(config, log=click.echo, progress=not quiet)
-    click.echo(f"ANN checkpoint written to {out}; `seenn-deploy convert {out} --out SNN` makes the SNN")
+    history = train(config, log=echo, progress=not quiet)
+    echo(f"ANN checkpoint written to {out}; `seenn-deploy convert {out} --out SNN` makes the SNN")
     emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
 
 
@@ -90,6 +84,6 @@ def convert_cmd(ann_checkpoint, out, timesteps, relu, percentile, samples, data_
 
     options = ConvertOptions(timesteps=timesteps, relu=relu, percentile=percentile, samples=samples, seed=seed,
                              data=data_spec)
-    config = convert_checkpoint(ann_checkpoint, out, options, log=click.echo)
+    config = convert_checkpoint(ann_checkpoint, out, options, log=echo)
     emit_json(json_path, {"checkpoint": str(out), "timesteps": config.timesteps, **config.training,
                           "thresholds": {k: v["v_threshold"] for k, v in config.model["neurons"].items()}})

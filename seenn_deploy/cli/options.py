@@ -55,10 +55,27 @@ data_option = click.option(
     "--data", "data_spec", required=True, metavar="SPEC",
     help="Dataset: digits | fashion-mnist:PATH | npz:FILE | imagefolder:DIR | cifar10:DIR.",
 )
+JSON_TO_STDOUT = "seenn_deploy.json_to_stdout"  # ctx.meta key: --json - claims stdout, the report goes to stderr
+
+
+def _json_target(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and str(value) == "-":
+        ctx.meta[JSON_TO_STDOUT] = True
+        return value
+    return writable_file(ctx, param, value)
+
+
 json_option = click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=writable_file,
-    help="Also write the results as JSON to this file ('-' for stdout); NaN and infinities are written as null.",
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_json_target,
+    help="Also write the results as JSON to this file ('-': stdout, and the report goes to stderr); NaN and "
+         "infinities are written as null.",
 )
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """click.echo for a command's report: on stderr when `--json -` writes the JSON to stdout."""
+    ctx = click.get_current_context(silent=True)
+    click.echo(message, err=err or bool(ctx is not None and ctx.meta.get(JSON_TO_STDOUT)))
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True, help="Allow .pt/.pth weights (read with torch.load(weights_only=True)).",
 )

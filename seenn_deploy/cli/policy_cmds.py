@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import COUNT, POSITIVE, FiniteFloat, data_option, emit_json, json_option, writable_folder
+from seenn_deploy.cli.options import (
+    COUNT, FiniteFloat, POSITIVE, data_option, echo, emit_json, json_option, writable_folder,
+)
 
 
 def _numbers(kind: type, what: str):
@@ -65,16 +67,16 @@ def train_policy_cmd(checkpoint, data_spec, betas, candidates, epochs, joint_epo
                           joint_epochs=joint_epochs, out=out, width=width, downsample=downsample,
                           batch_size=batch_size, lr=lr, joint_lr=joint_lr, weight_decay=weight_decay,
                           shift_reward=reward_shift, balance_first=balance_first, seed=seed, resume=resume)
-    runs = train_policies(config, betas, log=click.echo, progress=not quiet)
-    click.echo("on the validation slice:" if any(r.final for r in runs) else "no validation slice: no figures")
+    runs = train_policies(config, betas, log=echo, progress=not quiet)
+    echo("on the validation slice:" if any(r.final for r in runs) else "no validation slice: no figures")
     for run in runs:
         if run.final:
             shares = " ".join(f"T={t}:{100 * s:.0f}%" for t, s in zip(run.candidates, run.final["shares"]))
-            click.echo(f"  beta {run.beta:<6g} acc {100 * run.final['accuracy']:6.2f}%  "
+            echo(f"  beta {run.beta:<6g} acc {100 * run.final['accuracy']:6.2f}%  "
                        f"avg T {run.final['average_timesteps']:.3f}  ({shares})")
     if runs and runs[0].snn_validation:
-        click.echo("  the SNN alone: " + "  ".join(f"T={t}: {100 * a:.2f}%"
+        echo("  the SNN alone: " + "  ".join(f"T={t}: {100 * a:.2f}%"
                                                    for t, a in zip(runs[0].candidates, runs[0].snn_validation)))
     if len(runs) > 1:
-        click.echo("to install one, run this command again with that one --beta and --resume (it trains nothing)")
+        echo("to install one, run this command again with that one --beta and --resume (it trains nothing)")
     emit_json(json_path, {"checkpoint": str(config.destination), "runs": [r.to_dict() for r in runs]})

@@ -11,16 +11,18 @@ import numpy as np
 
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import (
-    backend_options, data_option, device_option, emit_json, json_option, providers_option, writable_folder,
+    backend_options, data_option, device_option, echo, emit_json, json_option, providers_option, writable_folder,
 )
 from seenn_deploy.errors import UserError
+from seenn_deploy.runtime.bundle import BACKENDS
+from seenn_deploy.runtime.scheduler import MODES
 
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # past this, ONNX Runtime's pool only adds contention
 threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                               help=f"ONNX Runtime intra-op threads, 1..{MAX_THREADS} (default: ONNX Runtime's choice).")
 batch_option = click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
                             help="Batch rows (up to the bundle's max batch).")
-mode_option = click.option("--mode", type=click.Choice(["slots", "compact", "naive"]), default="slots", show_default=True)
+mode_option = click.option("--mode", type=click.Choice(MODES), default="slots", show_default=True)
 
 
 @cli.command("run")
@@ -28,7 +30,7 @@ mode_option = click.option("--mode", type=click.Choice(["slots", "compact", "nai
 @data_option
 @click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Run the first N samples only.")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default="ort", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
 @click.option("--exit", "exit_spec", default=None, metavar="fixed:T|confidence[:A][@T_CAP]|policy|policy+confidence[:A]",
               help="Exit policy (default: the bundle's calibrated one, else fixed:T_max).")
 @mode_option
@@ -56,8 +58,8 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
         seconds = time.perf_counter() - started
         summary = summarise(results, data.y, runtime.manifest.timesteps, seconds)
         placement = runtime.step.placement
-    click.echo(f"{bundle} on {data.name}: {backend} on {placement}, {runtime.exit.describe()}, {mode} mode, batch {batch}")
-    click.echo(summary.text())
+    echo(f"{bundle} on {data.name}: {backend} on {placement}, {runtime.exit.describe()}, {mode} mode, batch {batch}")
+    echo(summary.text())
     emit_json(json_path, {"bundle": str(bundle), "data": data.name, "backend": backend, "device": placement,
                           "exit": runtime.exit.describe(),
                           "mode": mode, "batch": batch, **summary.to_dict()})
@@ -66,7 +68,7 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
 @cli.command("bench")
 @click.option("--engine", "engine", type=click.Path(path_type=Path), required=True,
               help="What to measure: a bundle directory, a plan in BUNDLE/engines/, or a lone ONNX step graph.")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Default: trt for a plan, else ort.")
 @batch_option
 @mode_option
@@ -107,7 +109,7 @@ def bench_cmd(engine, backend, batch, mode, threads, device, providers, exit_spe
     if data_spec is None and not synthetic:
         data_spec = manifest.provenance.get("data") or None
         synthetic = data_spec is None
-        click.echo(f"data: {data_spec or 'synthetic'} (the bundle's training data; --data to choose)", err=True)
+        echo(f"data: {data_spec or 'synthetic'} (the bundle's training data; --data to choose)", err=True)
     try:
         pcts = parse_percentiles(percentiles)
     except ValueError as exc:
@@ -127,8 +129,8 @@ def bench_cmd(engine, backend, batch, mode, threads, device, providers, exit_spe
                              duration_s=duration_s, iterations=iterations, percentiles=pcts,
                              compare_fixed=compare == "fixed", power=power)
     report = run_bench(target, x, labels, name, settings, **options)
-    click.echo(report.text())
+    echo(report.text())
     if plot_dir is not None:
         for path in write_plots(plot_dir, report):
-            click.echo(f"wrote {path}")
+            echo(f"wrote {path}")
     emit_json(json_path, report.to_dict())

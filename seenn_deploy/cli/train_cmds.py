@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from seenn_deploy.cli.group import cli
-from seenn_deploy.cli.options import allow_pickle_option, data_option, emit_json, json_option, writable_folder
+from seenn_deploy.cli.options import allow_pickle_option, data_option, echo, emit_json, json_option, writable_folder
 from seenn_deploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def models_cmd() -> None:
     from seenn_deploy.snn.zoo.catalog import CATALOG
 
     for info in CATALOG:
-        click.echo(info.line())
+        echo(info.line())
 
 
 @cli.command("train")
@@ -75,8 +75,8 @@ def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_de
         model_kwargs={} if width is None else {"width": width}, augment=augment, seed=seed, resume=resume,
         val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps, train_samples=train_samples,
     )
-    history = train(config, log=click.echo, progress=not quiet)
-    click.echo(f"checkpoint written to {out}")
+    history = train(config, log=echo, progress=not quiet)
+    echo(f"checkpoint written to {out}")
     emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
 
 
@@ -113,9 +113,9 @@ def evaluate_cmd(checkpoint, data_spec, split, timesteps, samples, batch_size, q
             data = data.subset(samples)
         result = timestep_accuracy(model, data, Normalisation.from_dict(config.normalisation),
                                    timesteps or config.timesteps, batch_size)
-    click.echo(f"{config.arch} on {data.name}, {result.samples} samples")
+    echo(f"{config.arch} on {data.name}, {result.samples} samples")
     for t, acc in enumerate(result.accuracy, start=1):
-        click.echo(f"  T={t}: {100 * acc:.2f}%")
+        echo(f"  T={t}: {100 * acc:.2f}%")
     emit_json(json_path, {"checkpoint": str(checkpoint), "data": data.name, "split": split, **result.to_dict()})
 
 

@@ -79,11 +79,17 @@ class ExportSource:
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
+    """Versions of what made the graphs; onnxruntime may be absent (it comes from an extra) and is then recorded so."""
+    from importlib import metadata
 
-    return {"seenn_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    ort = next((v for v in (version("onnxruntime"), version("onnxruntime-gpu")) if v != "absent"), "absent")
+    return {"seenn_deploy": __version__, "torch": torch.__version__, "onnx": version("onnx"), "onnxruntime": ort}
 
 
 def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None = None) -> Manifest:
@@ -173,7 +179,7 @@ def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None
     weights = Path(checkpoint) / WEIGHTS_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
     provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(weights),
                   "data": config.data, "metrics": config.metrics,
-                  "validation": getattr(config, "validation", None)}
+                  "validation": config.validation}
     policy = load_policy(checkpoint, config) if Path(checkpoint).is_dir() else None
     if policy is not None:  # which policy: what it was trained for, and its weights
         provenance["policy"] = {"sha256": file_sha256(Path(checkpoint) / POLICY_WEIGHTS_FILE),

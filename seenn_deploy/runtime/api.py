@@ -56,6 +56,7 @@ class Runtime:
 
     def __init__(self, manifest: Manifest, step: Executor, encoder: Executor | None, exit_policy: ExitPolicy,
                  mode: str = "slots", batch: int = 1, policy: Executor | None = None, device_states: bool | None = None) -> None:
+        exit_policy.check(manifest.timesteps)  # now, not at the first sample
         self.manifest = manifest
         self.step = step
         self.encoder = encoder
@@ -163,7 +164,10 @@ class Runtime:
         before anything runs, and a failure while running raises after every sample ran.
         errors="return": the list holds, in place of each failed sample's Result, the exception
         that failed it (a UserError for NaN or Inf), and the other samples are answered.
+        Not to be called while another thread closes the runtime.
         """
+        if self._closed:
+            raise RuntimeClosed("the runtime is closed: infer before close(), or open a new one")
         if errors not in ERRORS:
             raise UserError(f"errors={errors!r} is not one of {', '.join(ERRORS)}")
         raw = self._fit(x)

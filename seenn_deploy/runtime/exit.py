@@ -29,6 +29,9 @@ class ExitPolicy:
 
     name = "exit"
 
+    def check(self, t_max: int) -> None:
+        """Refuse, when a runtime opens, a policy the bundle cannot honour (a budget above its T_max)."""
+
     def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
         """Max steps for each admitted sample; x is the normalised input [n, ...]."""
         raise NotImplementedError
@@ -53,9 +56,12 @@ class Fixed(ExitPolicy):
         if self.timesteps < 1:
             raise UserError(f"fixed:T needs T >= 1, got {self.timesteps}")
 
-    def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
+    def check(self, t_max: int) -> None:
         if self.timesteps > t_max:
             raise UserError(f"fixed:{self.timesteps} exceeds the bundle's T_max {t_max}")
+
+    def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
+        self.check(t_max)
         return np.full(len(x), self.timesteps, dtype=np.int64)
 
     def describe(self) -> str:
@@ -80,9 +86,12 @@ class Confidence(ExitPolicy):
             raise UserError(f"confidence:A@T needs a cap T >= 1, got {self.t_cap}")
         object.__setattr__(self, "threshold", _threshold(self.alpha, "confidence:A"))  # frozen: set once, here
 
-    def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
+    def check(self, t_max: int) -> None:
         if self.t_cap is not None and self.t_cap > t_max:
             raise UserError(f"{self.describe()}: the cap {self.t_cap} exceeds the bundle's T_max {t_max}")
+
+    def budgets(self, x: np.ndarray, t_max: int) -> np.ndarray:
+        self.check(t_max)
         return np.full(len(x), t_max if self.t_cap is None else self.t_cap, dtype=np.int64)
 
     def exits(self, confidence: np.ndarray, steps: np.ndarray, budget: np.ndarray) -> np.ndarray:

@@ -84,4 +84,6 @@ def open_bundle_graphs(bundle: Path, manifest: Manifest, providers=None) -> tupl
     from seenn_deploy.runtime.bundle import open_executors
 
     graphs = open_executors(Path(bundle), manifest, "ort", providers)
+    if graphs.policy is not None:
+        graphs.policy.close()  # the plain step loop never runs it
     return graphs.step, graphs.encoder

@@ -126,6 +126,9 @@ def test_exit_spellings_with_a_cap(digits_bundle):
             parse_exit(bad, manifest)
     with pytest.raises(UserError, match="exceeds the bundle's T_max"):
         Confidence(0.5, 9).budgets(np.zeros((2, 1)), manifest.timesteps)
+    for spelling in ("fixed:9", "confidence:0.5@9"):  # refused when the runtime opens, not at its first sample
+        with pytest.raises(UserError, match="exceeds the bundle's T_max 4"):
+            Runtime.from_bundle(digits_bundle, exit=spelling)
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +268,13 @@ def test_calibrate_never_writes_through_a_calib_symlink_out_of_the_bundle(digits
     result = cli("calibrate", bundle, "--target-drop", "1", "--samples", "20")
     assert result.returncode == 2 and "outside the bundle" in result.stderr, result.stderr
     assert list((tmp_path / "outside").iterdir()) == [] and read_manifest(bundle).history == []
+
+
+def test_json_to_stdout_stays_parseable_and_entropy_is_refused_before_any_work(digits_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(digits_bundle, bundle)
+    result = cli("calibrate", bundle, "--target-drop", "1", "--no-plots", "--quiet", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["chosen"]["exit"] and "chosen on" in result.stderr  # the report went to stderr
+    refused = cli("calibrate", bundle, "--metric", "entropy", "--target-drop", "1", "--samples", "20")
+    assert refused.returncode == 2 and "--no-write" in refused.stderr and "profiling" not in refused.stderr

@@ -353,7 +353,12 @@ class TrtExecutor(Executor):
                 raise UserError(f"{self.label}: another slot scheduler holds this engine's device states; use either "
                                 "infer() or submit() on one Runtime, or open a second Runtime")
             self._states_owned = True
-        self.bind_states(batch)
+        try:
+            self.bind_states(batch)
+        except BaseException:  # e.g. a batch above the plan's profile: the states stay free for the next caller
+            with self._lock:
+                self._states_owned = False
+            raise
         return TrtDeviceStates(self, batch)
 
     def release_states(self) -> None:
