@@ -21,7 +21,7 @@ from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.files import write_json_atomic
 from seenn_deploy.runtime.bundle import bundle_path
 from seenn_deploy.runtime.manifest import Manifest
-from seenn_deploy.runtime.schema import ENGINE_SCHEMA, read_json_object, schema, shown, validate
+from seenn_deploy.runtime.schema import ENGINE_SCHEMA, check_header, read_json_object, schema, validate
 
 ENGINES_DIR = "engines"
 PLAN_SUFFIX = ".plan"
@@ -54,13 +54,7 @@ class EngineMeta:
     def from_dict(cls, d: dict[str, Any], where: str) -> "EngineMeta":
         """Check `d` against engine.schema.json (and min <= opt <= max) and build the record."""
         fix = f"rebuild the engine with {BUILD_HINT}"
-        if not isinstance(d, dict):
-            raise UserError(f"{where} is not a JSON object: {fix}")
-        if d.get("format") != META_FORMAT:
-            raise UserError(f"{where} is not a seenn-deploy engine record (format {shown(d.get('format'))}): {fix}")
-        if d.get("version") != META_VERSION or isinstance(d.get("version"), bool):
-            raise UserError(f"{where} has engine record version {shown(d.get('version'))}; this seenn-deploy reads "
-                            f"version {META_VERSION}: {fix}")
+        check_header(d, where, META_FORMAT, META_VERSION, "engine record", fix, fix)
         validate(d, ENGINE_SCHEMA, where, f"the record is malformed; {fix}")
         profile = {k: int(d["profile"][k]) for k in ("min", "opt", "max")}
         if not profile["min"] <= profile["opt"] <= profile["max"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.files import write_json_atomic
-from seenn_deploy.runtime.schema import MANIFEST_SCHEMA, read_json_object, schema, shown, validate
+from seenn_deploy.runtime.schema import MANIFEST_SCHEMA, check_header, read_json_object, schema, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "seenn-deploy.bundle"
@@ -153,13 +153,7 @@ def _ints(values) -> tuple[int, ...]:
 def check_manifest_dict(d: Any, where: str = MANIFEST) -> None:
     """UserError naming the field, its value and the fix unless `d` is a valid manifest: the schema
     (bundle.schema.json: types, ranges, lengths) and the cross-field rules it cannot state."""
-    if not isinstance(d, dict):
-        raise UserError(f"{where} is not a JSON object: {FIX}")
-    if d.get("format") != FORMAT:
-        raise UserError(f"{where} is not a seenn-deploy bundle manifest (format {shown(d.get('format'))}): {FIX}")
-    if d.get("version") != FORMAT_VERSION or isinstance(d.get("version"), bool):
-        raise UserError(f"{where} has bundle format version {shown(d.get('version'))}; this seenn-deploy reads version "
-                        f"{FORMAT_VERSION}: re-export the bundle or upgrade seenn-deploy")
+    check_header(d, where, FORMAT, FORMAT_VERSION, "bundle manifest", FIX, "re-export the bundle or upgrade seenn-deploy")
     validate(d, MANIFEST_SCHEMA, where, FIX)
     problems = _cross_field_problems(d)
     if problems:

@@ -93,6 +93,21 @@ def check_tree(data: Any, where: str, fix: str) -> None:
             stack.extend((item, depth + 1, (*path, i)) for i, item in enumerate(value))
 
 
+def check_header(d: Any, where: str, fmt: str, version: int, kind: str, fix: str, version_fix: str) -> None:
+    """UserError unless `d` is a JSON object whose "format" is `fmt` and "version" is `version`.
+
+    kind names the record in messages ("bundle manifest", "engine record"); version_fix says what
+    to do with another version of the format.
+    """
+    if not isinstance(d, dict):
+        raise UserError(f"{where} is not a JSON object: {fix}")
+    if d.get("format") != fmt:
+        raise UserError(f"{where} is not a seenn-deploy {kind} (format {shown(d.get('format'))}): {fix}")
+    if d.get("version") != version or isinstance(d.get("version"), bool):
+        raise UserError(f"{where} has {kind} version {shown(d.get('version'))}; this seenn-deploy reads version "
+                        f"{version}: {version_fix}")
+
+
 def validate(data: Any, name: str, where: str, fix: str) -> None:
     """UserError naming the field, the bad value and `fix` unless `data` satisfies schema `name`."""
     check_tree(data, where, fix)
