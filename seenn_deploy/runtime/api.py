@@ -32,7 +32,7 @@ from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.runtime.bundle import open_executors
 from seenn_deploy.runtime.executors.base import Executor
 from seenn_deploy.runtime.exit import ExitPolicy, parse_exit
-from seenn_deploy.runtime.loop import normalise
+from seenn_deploy.runtime.loop import check_samples, normalise
 from seenn_deploy.runtime.manifest import Manifest, read_manifest
 from seenn_deploy.runtime.requests import Claim, Requests, Result, Settled
 from seenn_deploy.runtime.scheduler import Scheduler, make_scheduler
@@ -104,19 +104,9 @@ class Runtime:
         x = np.asarray(x)
         if x.dtype == np.float32 and x.shape[1:] == self.manifest.input.shape:
             return x  # the usual case, without the checks' cost (a submit() each sample pays it)
-        expected = self.manifest.input.shape
-        shape_text = f"[N, {', '.join(map(str, expected))}] ({self.manifest.input.layout})"
-        if not np.issubdtype(x.dtype, np.floating):
-            raise UserError(f"samples are {x.dtype.name}; the bundle takes floats in [0, 1] of shape {shape_text} "
-                            "(divide uint8 images by 255)")
-        event = self.manifest.input.kind == "event"
-        fits = x.ndim == len(expected) + 1 and (
-            tuple(x.shape[1:]) == tuple(expected)
-            or (event and x.shape[1] >= expected[0] and tuple(x.shape[2:]) == tuple(expected[1:]))
-        )
-        if not fits:
-            raise UserError(f"samples of shape {list(x.shape)} do not fit the bundle: it takes {shape_text}")
-        return x[:, : expected[0]] if event else x
+        frames = self.manifest.input.shape[0]
+        check_samples(self.manifest, x, min_frames=frames)
+        return x[:, :frames] if self.manifest.input.kind == "event" else x
 
     def _screen(self, raw: np.ndarray) -> np.ndarray:
         """bool [N]: which raw samples [N, ...] hold NaN or Inf. Warns, once per Runtime, when static

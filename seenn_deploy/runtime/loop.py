@@ -34,13 +34,21 @@ def normalise(manifest: Manifest, x: np.ndarray) -> np.ndarray:
     return out.astype(NUMPY_DTYPES[manifest.input.dtype], copy=False)
 
 
-def check_samples(manifest: Manifest, x: np.ndarray) -> None:
+def check_samples(manifest: Manifest, x: np.ndarray, min_frames: int = 1) -> None:
+    """Raw samples x [N, ...]: floats of the bundle's input shape (event data: at least `min_frames`
+    frames, more are fine); a UserError names the shape expected."""
     expected = manifest.input.shape
-    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected):
-        if manifest.input.kind == "event" and x.ndim == len(expected) + 1 and tuple(x.shape[2:]) == tuple(expected[1:]):
-            return  # event data may carry more frames than T_max; the loop reads the ones it needs
-        raise UserError(f"samples of shape {list(x.shape[1:])} do not fit the bundle, which takes "
-                        f"[N, {', '.join(map(str, expected))}] ({manifest.input.layout})")
+    shape_text = f"[N, {', '.join(map(str, expected))}] ({manifest.input.layout})"
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"samples are {x.dtype.name}; the bundle takes floats in [0, 1] of shape {shape_text} "
+                        "(divide uint8 images by 255)")
+    event = manifest.input.kind == "event"
+    fits = x.ndim == len(expected) + 1 and (
+        tuple(x.shape[1:]) == tuple(expected)
+        or (event and x.shape[1] >= min_frames and tuple(x.shape[2:]) == tuple(expected[1:]))
+    )
+    if not fits:
+        raise UserError(f"samples of shape {list(x.shape)} do not fit the bundle: it takes {shape_text}")
 
 
 def run_timesteps(manifest: Manifest, step: Executor, x: np.ndarray, timesteps: int | None = None,
