@@ -27,23 +27,25 @@ __all__ = ["cli", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs one command and turns how it ended into an exit code and at most one line."""
-    with _noting_interrupts() as interrupted:
-        try:
-            cli.main(args=argv, prog_name="seenn-deploy", standalone_mode=False)
-        except SystemExit:
-            raise
-        except BaseException as exc:  # noqa: BLE001  (every ending gets its exit code)
-            _end(exc, bool(interrupted))
+    interrupted: list[bool] = []
+    try:
+        with _noting_interrupts() as interrupted:
+            try:
+                cli.main(args=argv, prog_name="seenn-deploy", standalone_mode=False)
+            except SystemExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001  (every ending gets its exit code)
+                _end(exc, bool(interrupted))
+    except KeyboardInterrupt:  # one that came while the ending was reported (seen under load): still exit 130
+        if not interrupted:
+            click.echo("\ninterrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _end(exc: BaseException, interrupted: bool) -> NoReturn:
     # A SIGINT can surface as another exception: torch.export, for one, wraps what it interrupts. click has
     # closed the terminal's ^C echo with a newline where it saw the KeyboardInterrupt (Abort); else we do.
     if interrupted or isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
-        # The outcome is decided: a SIGINT still pending (one a library caught and let through late, or a
-        # second ^C) must not turn exit 130 into death by signal while we report it.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit(EXIT_INTERRUPTED, "interrupted" if isinstance(exc, click.exceptions.Abort) else "\ninterrupted")
     if isinstance(exc, UserError):
         _exit(EXIT_BAD_INPUT, f"error: {exc}")
