@@ -27,19 +27,13 @@ __all__ = ["cli", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs one command and turns how it ended into an exit code and at most one line."""
-    interrupted: list[bool] = []
-    try:
-        with _noting_interrupts() as interrupted:
-            try:
-                cli.main(args=argv, prog_name="seenn-deploy", standalone_mode=False)
-            except SystemExit:
-                raise
-            except BaseException as exc:  # noqa: BLE001  (every ending gets its exit code)
-                _end(exc, bool(interrupted))
-    except KeyboardInterrupt:  # one that came while the ending was reported (seen under load): still exit 130
-        if not interrupted:
-            click.echo("\ninterrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    with _noting_interrupts() as interrupted:
+        try:
+            cli.main(args=argv, prog_name="seenn-deploy", standalone_mode=False)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001  (every ending gets its exit code)
+            _end(exc, bool(interrupted))
 
 
 def _end(exc: BaseException, interrupted: bool) -> NoReturn:
