@@ -17,7 +17,7 @@ from typing import Iterator, NoReturn
 
 import click
 
-from seenn_deploy.cli import bundle_cmds, calib_cmds, convert_cmds, policy_cmds, run_cmds, train_cmds  # noqa: F401  (they register commands)
+from seenn_deploy.cli import bundle_cmds, calib_cmds, convert_cmds, policy_cmds, run_cmds, serve_cmds, train_cmds  # noqa: F401  (they register commands)
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED
 from seenn_deploy.errors import UserError

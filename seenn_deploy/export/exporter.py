@@ -13,7 +13,7 @@ from torch import nn
 
 from seenn_deploy import __version__
 from seenn_deploy.data import Normalisation
-from seenn_deploy.errors import UserError
+from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.export.bundle_writer import staged_bundle
 from seenn_deploy.export.encoder_split import MODES as SPLIT_MODES
 from seenn_deploy.export.encoder_split import decide_split
@@ -76,6 +76,7 @@ class ExportSource:
     policy: nn.Module | None = None
     candidates: list[int] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # written into the bundle beside the graphs (relative names)
 
 
 def _versions() -> dict[str, str]:
@@ -158,8 +159,22 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         if source.policy is not None:
             policy = copy.deepcopy(source.policy).eval().to(device="cpu", dtype=torch.float32)
             export(policy, (sample,), GraphSpec([X], ["scores"]), staging / "policy.onnx")
+        for name, content in source.files.items():
+            _write_extra(staging, name, content)
         write_manifest(staging, manifest)
     return manifest
+
+
+def _write_extra(staging: Path, name: str, content: bytes) -> None:
+    """One of ExportSource.files: a plain relative name that stays inside the bundle and clashes with nothing."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise InternalError(f"bundle file name {name!r} must be relative and stay inside the bundle")
+    path = staging / rel
+    if path.exists():
+        raise InternalError(f"bundle file {name!r} clashes with a file the exporter writes")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
 
 
 def export_checkpoint(checkpoint: Path, out: Path, options: ExportOptions | None = None,
