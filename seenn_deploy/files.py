@@ -41,19 +41,25 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     A folder that refuses the file is a UserError: the net under outputs no check_writable saw first.
     """
     path = Path(path)
+    tmp: Path | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with interrupts_deferred():  # a SIGINT between making the file and naming it would leave it behind
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = Path(name)
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600; a checkpoint or bundle is meant to be shared
+        raise_if_interrupted()
+        os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno not in REFUSED:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if tmp is not None or exc.errno not in REFUSED:
             raise
         raise UserError(f"cannot write {path} ({exc.strerror}): choose a writable location") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600; a checkpoint or bundle is meant to be shared
-        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -188,6 +194,31 @@ def _names(path: Path, fd: int) -> bool:
     except FileNotFoundError:
         return False
     return (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+
+
+# Set by the command line's SIGINT handler before it raises KeyboardInterrupt (cli/__init__.py).
+_INTERRUPT_REQUESTED = threading.Event()
+
+
+def note_interrupt(requested: bool = True) -> None:
+    """Record (or, with False, forget) that the user asked the process to stop."""
+    if requested:
+        _INTERRUPT_REQUESTED.set()
+    else:
+        _INTERRUPT_REQUESTED.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the KeyboardInterrupt of a SIGINT that never reached the command, before a commit point.
+
+    Python runs a signal handler wherever the main thread happens to be, inside callbacks whose exceptions
+    it ignores too (an import lock's weakref callback, a __del__): the KeyboardInterrupt is then printed
+    as "Exception ignored" and the work goes on. Checked before renames that publish a result, so an
+    interrupted command still leaves nothing behind. Never call it on a path that cleans up after an error.
+    """
+    if _INTERRUPT_REQUESTED.is_set() and threading.current_thread() is threading.main_thread():
+        _INTERRUPT_REQUESTED.clear()
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

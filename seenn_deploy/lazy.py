@@ -22,6 +22,9 @@ EXTRAS: dict[str, str] = {
     "pynvml": "nvml",
     "spikingjelly": "interop",
     "snntorch": "interop",
+    "nir": "nir",
+    "nirtorch": "nir",
+    "tritonclient": "triton",
 }
 
 

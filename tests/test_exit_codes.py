@@ -80,3 +80,31 @@ def test_sigint_during_export_exits_130_in_one_line_and_leaves_nothing(digits_ch
     assert (proc.returncode, err.strip()) == (130, "interrupted")
     assert list(tmp_path.iterdir()) == [], "no bundle, staging folder or lock file may remain"
     assert not lock_path(out).exists()
+
+
+PROBE = """
+import os, signal, sys
+from pathlib import Path
+from seenn_deploy.cli import cli, main
+from seenn_deploy.files import write_atomic
+
+class SignalsInDel:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100000):  # the handler runs here, inside __del__, whose exceptions Python ignores
+            pass
+
+@cli.command("probe")
+def probe():
+    SignalsInDel()
+    write_atomic(Path(sys.argv[1]), lambda p: p.write_text("done"))
+
+main(["probe"])
+"""
+
+
+def test_sigint_that_python_would_ignore_in_a_callback_still_interrupts(tmp_path):
+    out = tmp_path / "out.txt"
+    proc = subprocess.run([sys.executable, "-c", PROBE, out], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr.strip()) == (130, "interrupted")
+    assert list(tmp_path.iterdir()) == [], "the interrupted command writes nothing"

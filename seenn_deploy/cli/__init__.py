@@ -21,6 +21,7 @@ from seenn_deploy.cli import bundle_cmds, calib_cmds, convert_cmds, policy_cmds,
 from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED
 from seenn_deploy.errors import UserError
+from seenn_deploy.files import note_interrupt
 
 __all__ = ["cli", "main"]
 
@@ -73,10 +74,23 @@ def _noting_interrupts() -> Iterator[list[bool]]:
 
     def note(signum, frame):
         noted.append(True)
+        note_interrupt()
         raise KeyboardInterrupt
 
+    def hold(unraisable) -> None:
+        # The handler ran inside a callback whose exceptions Python ignores (an import lock's weakref
+        # callback, a __del__) and the command goes on: not worth a traceback, since the interrupt is
+        # noted and the next commit point (files.raise_if_interrupted) raises it.
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            ignored(unraisable)
+
+    ignored = sys.unraisablehook
+    note_interrupt(False)
     signal.signal(signal.SIGINT, note)
+    sys.unraisablehook = hold
     try:
         yield noted
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = ignored
+        note_interrupt(False)
