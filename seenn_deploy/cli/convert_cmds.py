@@ -10,6 +10,7 @@ from seenn_deploy.cli.group import cli
 from seenn_deploy.cli.options import (
     COUNT, FiniteFloat, POSITIVE, data_option, echo, emit_json, json_option, writable_folder,
 )
+from seenn_deploy.cli.train_cmds import batch_size_help, rank0_output, train_device_option
 
 
 @cli.command("train-ann")
@@ -25,7 +26,7 @@ from seenn_deploy.cli.options import (
               help="QCFS quantisation steps L (4 in the paper for CIFAR).")
 @click.option("--lambda-init", type=POSITIVE, default=8.0, show_default=True,
               help="QCFS lambda (threshold) at the start of training; each layer learns its own.")
-@click.option("--batch-size", type=COUNT, default=128, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True, help=batch_size_help)
 @click.option("--lr", type=POSITIVE, default=0.1, show_default=True,
               help="Peak learning rate (SGD, cosine schedule).")
 @click.option("--weight-decay", type=FiniteFloat(min=0), default=5e-4, show_default=True)
@@ -38,10 +39,12 @@ from seenn_deploy.cli.options import (
 @click.option("--max-steps", type=COUNT, default=None, help="Stop after N optimizer steps; a quick run.")
 @click.option("--train-samples", type=COUNT, default=None, help="Fit on N rows drawn (with --seed); a quick run.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved step.")
+@train_device_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option
 def train_ann_cmd(arch, data_spec, epochs, out, activation, levels, lambda_init, batch_size, lr, weight_decay, width,
-                  augment, seed, val_fraction, val_seed, max_steps, train_samples, resume, quiet, json_path) -> None:
+                  augment, seed, val_fraction, val_seed, max_steps, train_samples, resume, device, quiet,
+                  json_path) -> None:
     """Train a zoo architecture as an ANN (QCFS or ReLU) to convert into an SNN with `convert`."""
     from seenn_deploy.lazy import require
 
@@ -53,11 +56,13 @@ def train_ann_cmd(arch, data_spec, epochs, out, activation, levels, lambda_init,
         arch, data_spec, epochs, out, activation=activation, levels=levels, lambda_init=lambda_init,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, model_kwargs={} if width is None else {"width": width},
         augment=augment, seed=seed, resume=resume, val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps,
-        train_samples=train_samples,
+        train_samples=train_samples, device=device,
     )
-    history = train(config, log=echo, progress=not quiet)
-    echo(f"ANN checkpoint written to {out}; `seenn-deploy convert {out} --out SNN` makes the SNN")
-    emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
+    log, main = rank0_output()
+    history = train(config, log=log, progress=not quiet)
+    log(f"ANN checkpoint written to {out}; `seenn-deploy convert {out} --out SNN` makes the SNN")
+    if main:
+        emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
 
 
 @cli.command("convert")

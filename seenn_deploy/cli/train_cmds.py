@@ -1,10 +1,14 @@
-"""Commands on checkpoints: `models`, `train`, `evaluate`."""
+"""Commands on checkpoints: `models`, `train`, `evaluate`.
+
+`train` (and `train-ann`) also run under `torchrun --nproc-per-node N`: the training module reads
+torchrun's environment; only rank 0 prints and writes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import click
 
@@ -15,6 +19,23 @@ from seenn_deploy.errors import UserError
 if TYPE_CHECKING:
     from seenn_deploy.data import ArrayDataset
     from seenn_deploy.snn.checkpoint import CheckpointConfig
+
+
+train_device_option = click.option(
+    "--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
+    help="Where training runs. Under torchrun: cpu joins the processes with gloo; cuda gives each process the GPU "
+         "of its LOCAL_RANK and joins them with NCCL.",
+)
+batch_size_help = ("The global batch: under torchrun each of the N processes takes batch-size / N rows of every "
+                   "batch (a multiple of N), so the steps and the results are one process's.")
+
+
+def rank0_output() -> tuple[Callable[[str], None], bool]:
+    """(log, is rank 0): under torchrun only rank 0 prints and writes --json; the others stay silent."""
+    from seenn_deploy.train.distributed import World
+
+    main = World.from_env().is_main
+    return (echo if main else (lambda line: None)), main
 
 
 @cli.command("models")
@@ -33,7 +54,7 @@ def models_cmd() -> None:
 @click.option("--epochs", type=int, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, callback=writable_folder,
               help="Checkpoint directory to create.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help=batch_size_help)
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (SGD, cosine schedule).")
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--lambda-mse", type=float, default=0.0, show_default=True, help="TET's lambda: weight of the MSE regulariser.")
@@ -54,12 +75,14 @@ def models_cmd() -> None:
               help="Stop after N optimizer steps (the cosine schedule ends there); a quick run.")
 @click.option("--train-samples", type=int, default=None,
               help="Fit on N rows drawn (with --seed) from the training rows; a quick run.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved step.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved step (under any process "
+              "count: the global batch and the data order do not depend on it).")
+@train_device_option
 @click.option("--quiet", is_flag=True, help="No progress bars (decode, train, validation).")
 @json_option
 def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_decay, lambda_mse, neuron, tau,
               threshold, firing, surrogate, surrogate_param, width, augment, seed, val_fraction, val_seed, max_steps,
-              train_samples, resume, quiet, json_path) -> None:
+              train_samples, resume, device, quiet, json_path) -> None:
     """Train an SNN with the TET loss and write a checkpoint directory."""
     from seenn_deploy.lazy import require
 
@@ -73,11 +96,13 @@ def train_cmd(arch, data_spec, timesteps, epochs, out, batch_size, lr, weight_de
         neuron=NeuronConfig(kind=neuron, tau=tau, v_threshold=threshold, firing=firing, surrogate=surrogate,
                             surrogate_param=surrogate_param),
         model_kwargs={} if width is None else {"width": width}, augment=augment, seed=seed, resume=resume,
-        val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps, train_samples=train_samples,
+        val_fraction=val_fraction, val_seed=val_seed, max_steps=max_steps, train_samples=train_samples, device=device,
     )
-    history = train(config, log=echo, progress=not quiet)
-    echo(f"checkpoint written to {out}")
-    emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
+    log, main = rank0_output()
+    history = train(config, log=log, progress=not quiet)
+    log(f"checkpoint written to {out}")
+    if main:
+        emit_json(json_path, {"checkpoint": str(out), "history": [vars(r) for r in history]})
 
 
 @cli.command("evaluate")

@@ -55,11 +55,11 @@ class TrainState:
 def save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                settings: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
     st = require("safetensors.torch", "checkpoints")
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     for i, p in enumerate(_params(optimizer)):
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
-            tensors[f"momentum.{i}"] = buf.detach().contiguous()
+            tensors[f"momentum.{i}"] = buf.detach().contiguous().cpu()
     tensors.update({f"rng.{k}": v.contiguous() for k, v in rng.items()})
     write_atomic(out / STATE_WEIGHTS, lambda tmp: st.save_file(tensors, str(tmp)))
     write_json_atomic(out / STATE_JSON, {
@@ -95,7 +95,7 @@ def load_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
                         + f": {fix}") from None
     for i, p in enumerate(_params(optimizer)):
         if f"momentum.{i}" in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].clone()
+            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device, copy=True)
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return TrainState(step, planned, history, running), rng
 

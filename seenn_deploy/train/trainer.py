@@ -6,16 +6,23 @@ epoch; it never reads the test split. The output directory is a checkpoint (weig
 config.json) from the first finished epoch (or --max-steps stop) on, plus train_state.* to resume.
 Every input is checked before the directory is created, and every file is replaced atomically,
 so an interrupted run leaves the last saved point.
+
+Under torchrun the same run spreads over the processes (distributed.py): `batch_size` is the global
+batch, each rank trains on its share of every batch through DDP with batch norm synchronised, and
+rank 0 alone logs, shows progress, validates and writes. The plan and the results are a single
+process's, up to float rounding.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from seenn_deploy.data import ArrayDataset
@@ -26,6 +33,10 @@ from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.neuron_config import NeuronConfig
 from seenn_deploy.snn.zoo import create_model, get_entry
 from seenn_deploy.train.batches import iterate_batches, model_input
+from seenn_deploy.train.distributed import (
+    World, all_reduce_sums, barrier, check_global_batch, process_group, shard, share_weight, synchronise_batchnorm,
+    training_device, wrap_model,
+)
 from seenn_deploy.train.evaluate import TimestepAccuracy, timestep_accuracy
 from seenn_deploy.train.tet import tet_loss
 from seenn_deploy.train.train_data import load_training_data
@@ -59,6 +70,7 @@ class TrainConfig:
     val_seed: int = 0
     max_steps: int | None = None  # stop after this many optimizer steps (the cosine schedule ends there)
     train_samples: int | None = None  # fit on a seeded subset of this many rows
+    device: str = "cpu"  # cpu, cuda[:N]; under torchrun cuda means each process's cuda:LOCAL_RANK
 
     def check(self) -> None:
         for name in ("timesteps", "epochs", "batch_size", "max_steps", "train_samples"):
@@ -80,14 +92,19 @@ class TrainConfig:
         return {k: d[k] for k in RESUME_KEYS}
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and random crop with 4-pixel zero padding, per sample. x [B, C, H, W]."""
+def _augment_draws(rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A global batch's random flips and crop offsets, drawn in one order whatever the process count: [rows] each."""
+    flip = torch.rand(rows, generator=generator) < 0.5
+    dy = torch.randint(0, 9, (rows,), generator=generator)
+    dx = torch.randint(0, 9, (rows,), generator=generator)
+    return flip, dy, dx
+
+
+def _augment(x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip and crop with 4-pixel zero padding, per sample, as drawn. x [B, C, H, W], draws [B]."""
     b, _, h, w = x.shape
-    flip = torch.rand(b, generator=generator) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (b,), generator=generator)
-    dx = torch.randint(0, 9, (b,), generator=generator)
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
@@ -96,15 +113,29 @@ def cosine_lr(peak: float, step: int, planned: int) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * step / planned))
 
 
-class Trainer:
-    """Holds one training run: data, model, optimiser, output directory."""
+ONE_PROCESS = World()
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
+
+def _silent(line: str) -> None:
+    pass
+
+
+class Trainer:
+    """Holds one training run: data, model, optimiser, output directory; one rank's part of it under torchrun.
+
+    A `world` of several processes needs their process group joined (distributed.process_group), as
+    `train` does.
+    """
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print, progress: bool = True,
+                 world: World = ONE_PROCESS) -> None:
         config.check()
+        self.world = world
+        self.device = training_device(config.device, world)
         self.config = config
-        self.log = log
-        self.progress = progress
-        with progress_enabled(progress):
+        self.log = log if world.is_main else _silent
+        self.progress = progress and world.is_main
+        with progress_enabled(self.progress):
             self.data = load_training_data(config.data, config.val_fraction, config.val_seed, config.train_samples,
                                            config.seed)
         self.train_data: ArrayDataset = self.data.fit
@@ -124,10 +155,13 @@ class Trainer:
         model = create_model(config.arch, **self.model_kwargs)
         if not isinstance(model, SpikingModel):
             raise UserError(f"{config.arch} is not a spiking model")
-        self.model: SpikingModel = model
+        if world.distributed:
+            model = synchronise_batchnorm(model, self.device)
+        self.model: SpikingModel = model.to(self.device)
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=MOMENTUM, weight_decay=config.weight_decay
         )
+        check_global_batch(config.batch_size, world, len(self.train_data))
         self.steps_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
         self.planned_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
@@ -136,6 +170,7 @@ class Trainer:
         self.rng: dict[str, torch.Tensor] = {}
         self.generator = torch.Generator()
         self._prepare_out_dir()
+        self.trained = wrap_model(self.model, world, self.device)  # DDP under torchrun: what the steps run
 
     @property
     def history(self) -> list[EpochRecord]:
@@ -158,7 +193,8 @@ class Trainer:
             return
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out} exists and is not empty: pass --resume to continue its training, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
 
     def _save(self, metrics: dict[str, Any]) -> None:
         out = Path(self.config.out)
@@ -176,7 +212,8 @@ class Trainer:
             training={**self.config.settings(), "momentum": MOMENTUM,
                       "epochs_done": self.state.step // self.steps_per_epoch, "steps_done": self.state.step,
                       "planned_steps": self.planned_steps, "max_steps": self.config.max_steps,
-                      "train_rows": self.data.train_rows, "fit_rows": len(self.train_data)},
+                      "train_rows": self.data.train_rows, "fit_rows": len(self.train_data),
+                      "processes": self.world.size, "device": self.device.type},
             validation=None if self.data.validation is None else self.data.validation.to_dict(),
         )
         save_checkpoint(out, self.model, config)
@@ -210,27 +247,37 @@ class Trainer:
                 break
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr_at(self.state.step)
-            x = model_input(xb, self.normalisation, cfg.timesteps)
-            if cfg.augment:
-                x = _augment(x, self.generator)
-            y = torch.from_numpy(yb).long()
-            out = self.model(x, timesteps=cfg.timesteps)
-            loss = tet_loss(out, y, cfg.lambda_mse)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss_sum, correct, seen = self._step(xb, yb)
             self.state.step += 1
-            run.loss += float(loss.detach()) * len(y)
-            run.correct += int((out.mean(0).argmax(-1) == y).sum())
-            run.seen += len(y)
-            bar.update(len(y))
+            run.loss += loss_sum
+            run.correct += int(correct)
+            run.seen += int(seen)
+            bar.update(len(yb))
             bar.set_postfix(loss=f"{run.loss / run.seen:.3f}", acc=f"{100 * run.correct / run.seen:.1f}%")
         bar.close()
 
+    def _step(self, xb: np.ndarray, yb: np.ndarray) -> list[float]:
+        """One optimizer step on a global batch, this rank's share of it; (loss sum, correct, rows) of the batch."""
+        cfg, part = self.config, shard(len(yb), self.world)
+        x = model_input(xb[part], self.normalisation, cfg.timesteps)
+        if cfg.augment:  # drawn for the whole batch, so every process count sees the same draws
+            x = _augment(x, *(draw[part] for draw in _augment_draws(len(yb), self.generator)))
+        x, y = x.to(self.device), torch.from_numpy(yb[part]).long().to(self.device)
+        out = self.trained(x, timesteps=cfg.timesteps)
+        loss = tet_loss(out, y, cfg.lambda_mse)
+        objective = loss * share_weight(len(y), len(yb), self.world) if self.world.distributed else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        self.optimizer.step()
+        sums = [float(loss.detach()) * len(y), float((out.mean(0).argmax(-1) == y).sum()), float(len(y))]
+        return all_reduce_sums(sums, self.world)
+
     def _validate(self) -> TimestepAccuracy | None:
-        if self.val_data is None:
+        """On rank 0 (the others go on to the next step and wait for it there); on the CPU."""
+        if self.val_data is None or not self.world.is_main:
             return None
-        return timestep_accuracy(self.model, self.val_data, self.normalisation, self.config.timesteps,
+        model = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).cpu()
+        return timestep_accuracy(model, self.val_data, self.normalisation, self.config.timesteps,
                                  desc="validating")
 
     def _metrics(self, val: TimestepAccuracy | None, record: EpochRecord) -> dict[str, Any]:
@@ -252,7 +299,12 @@ class Trainer:
         return (f"training {cfg.arch} on {fit.name} ({len(fit)} samples, {len(fit.classes)} classes, input "
                 f"{'x'.join(map(str, fit.sample_shape))}), {kind}, "
                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters, {self.planned_steps} steps of "
-                f"{cfg.batch_size}; {held}")
+                f"{cfg.batch_size}{self._spread()}; {held}")
+
+    def _spread(self) -> str:
+        if not self.world.distributed:
+            return "" if self.device.type == "cpu" else f" on {self.device}"
+        return f" ({self.config.batch_size // self.world.size} per process, {self.world.describe(self.device)})"
 
     def run(self, until: int | None = None) -> list[EpochRecord]:
         """Train to the end of the plan, or only to step `until`, saving a resumable checkpoint there."""
@@ -278,14 +330,25 @@ class Trainer:
                 self.history.append(record)
                 if self.state.step % self.steps_per_epoch == 0:
                     self.state.running = RunningSums()
-                self._save(self._metrics(val, record))
+                if self.world.is_main:
+                    self._save(self._metrics(val, record))
                 shown = f"val {val.table()}" if val is not None else "no validation"
                 stop = "" if self.state.step % self.steps_per_epoch == 0 else f" (stopped at step {self.state.step})"
                 self.log(f"epoch {epoch + 1}/{cfg.epochs}{stop}  loss {record.loss:.4f}  "
                          f"train acc {100 * record.train_accuracy:.2f}%  {shown}  ({record.seconds:.0f} s)")
+        barrier(self.world)  # every process ends once rank 0 has written the checkpoint
         return self.history
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> list[EpochRecord]:
-    """Train (or resume) and return the per-epoch history; the checkpoint is in config.out."""
-    return Trainer(config, log=log, progress=progress).run()
+    """Train (or resume) and return the per-epoch history; the checkpoint is in config.out.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) this process joins the group and trains its share;
+    only rank 0 logs and writes, and its history is the one with the validation figures.
+    """
+    world = World.from_env()
+    config.check()
+    check_global_batch(config.batch_size, world)  # before the processes wait for each other
+    device = training_device(config.device, world)
+    with process_group(world, device):
+        return Trainer(config, log=log, progress=progress, world=world).run()
