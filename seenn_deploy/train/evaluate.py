@@ -43,11 +43,12 @@ def timestep_accuracy(
     data.check_sample_shape(_expected_shape(model, data, timesteps))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = np.zeros(timesteps, dtype=np.int64)
     bar = progress_bar(len(data), desc)
     try:
         for x, y in iterate_batches(data, batch_size):
-            out = model(model_input(x, normalisation, timesteps), timesteps=timesteps)
+            out = model(model_input(x, normalisation, timesteps).to(device), timesteps=timesteps).cpu()
             mean = out.cumsum(0) / torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, 1, 1)
             labels = torch.from_numpy(y).long()
             correct += (mean.argmax(-1) == labels).sum(1).numpy()

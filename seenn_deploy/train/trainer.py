@@ -15,7 +15,6 @@ process's, up to float rounding.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -273,11 +272,10 @@ class Trainer:
         return all_reduce_sums(sums, self.world)
 
     def _validate(self) -> TimestepAccuracy | None:
-        """On rank 0 (the others go on to the next step and wait for it there); on the CPU."""
+        """On rank 0 (the others go on to the next step and wait for it there)."""
         if self.val_data is None or not self.world.is_main:
             return None
-        model = self.model if self.device.type == "cpu" else copy.deepcopy(self.model).cpu()
-        return timestep_accuracy(model, self.val_data, self.normalisation, self.config.timesteps,
+        return timestep_accuracy(self.model, self.val_data, self.normalisation, self.config.timesteps,
                                  desc="validating")
 
     def _metrics(self, val: TimestepAccuracy | None, record: EpochRecord) -> dict[str, Any]:
