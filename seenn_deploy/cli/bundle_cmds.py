@@ -16,6 +16,8 @@ from seenn_deploy.errors import UserError
 # export/onnx_export.py's MIN_OPSET..MAX_OPSET and export/encoder_split.py's MODES, which import torch
 OPSETS = click.IntRange(17, 21)
 SPLIT_MODES = ("auto", "on", "off")
+REFERENCE_SAMPLES = 32  # --factory: samples for the parity check, stored in the bundle for `verify`
+FOREIGN_ONLY = ("--mean", "--std", "--readout", "--step-mode", "--sample-data")  # options that need --factory
 
 
 @cli.command("export")
@@ -43,12 +45,31 @@ SPLIT_MODES = ("auto", "on", "off")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="With --factory: one sample's shape.")
 @click.option("--timesteps", "-T", type=COUNT, default=None, help="With --factory: T_max.")
 @click.option("--sample-data", default=None, metavar="SPEC",
-              help="With --factory: real samples for the parity check (default: uniform noise in [0, 1]).")
+              help=f"With --factory: real samples (the first {REFERENCE_SAMPLES} of the test split) for the parity "
+                   "check, kept in the bundle for `verify` (default: uniform noise in [0, 1]).")
+@click.option("--classes", default=None, metavar="A,B,...|FILE",
+              help="With --factory or a .nir file: class names, comma-separated or one per line in FILE "
+                   "(default 0..K-1).")
+@click.option("--mean", default=None, metavar="M[,M...]",
+              help="With --factory: per-channel mean the bundle subtracts from raw inputs in [0, 1] (one value for "
+                   "all channels, or one per channel).")
+@click.option("--std", default=None, metavar="S[,S...]", help="With --factory: per-channel std the bundle divides by.")
+@click.option("--readout", type=click.Choice(["spikes", "membrane"]), default=None,
+              help="With --factory, snnTorch: which of (spikes, membrane) are the class scores [default: spikes].")
+@click.option("--step-mode", type=click.Choice(["auto", "s", "m"]), default=None,
+              help="With --factory: how the model runs over time, detected by default; one that contradicts the "
+                   "model is refused.")
+@click.option("--dt", type=POSITIVE, default=None, help="With a .nir file: the discretisation time step.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @allow_pickle_option
 def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, fp16_weights,
-               encoder_split, exporter, factory, input_shape, timesteps, sample_data, force, allow_pickle) -> None:
-    """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest."""
+               encoder_split, exporter, factory, input_shape, timesteps, sample_data, classes, mean, std, readout,
+               step_mode, dt, force, allow_pickle) -> None:
+    """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest.
+
+    CHECKPOINT is a directory from `seenn-deploy train`, the weights file of a --factory model
+    (SpikingJelly, snnTorch), or a NIR graph (FILE.nir, with --input-shape and -T).
+    """
     from seenn_deploy.lazy import require
 
     require("torch", "export")
@@ -59,41 +80,120 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
                             temperature=temperature, encoder_split=encoder_split, exporter=exporter, force=force,
                             fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()),
                             fp16_weights=fp16_weights)
-    if factory is None:
-        if input_shape or timesteps or sample_data:
-            raise UserError("--input-shape, --timesteps and --sample-data go with --factory; a checkpoint records them")
+    foreign = dict(zip(FOREIGN_ONLY, (mean, std, readout, step_mode, sample_data)))
+    nir = Path(checkpoint).suffix.lower() == ".nir"
+    if nir:
+        given = [name for name, value in {**foreign, "--factory": factory}.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} do not apply to a NIR graph (it takes --input-shape, -T, --dt and "
+                            "--classes)")
+        manifest = _export_nir(checkpoint, out, input_shape, timesteps, dt, classes, options)
+    elif factory is None:
+        given = [name for name, value in {**foreign, "--input-shape": input_shape, "--timesteps": timesteps,
+                                          "--classes": classes, "--dt": dt}.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} go with --factory (or --dt with a .nir file); a checkpoint records "
+                            "them")
         manifest = export_checkpoint(checkpoint, out, options, allow_pickle=allow_pickle)
     else:
-        manifest = _export_factory(factory, checkpoint, out, input_shape, timesteps, sample_data, options, allow_pickle)
+        if dt is not None:
+            raise UserError("--dt goes with a .nir file; a --factory model has its own time step")
+        manifest = _export_factory(factory, checkpoint, out, input_shape, timesteps, sample_data, options, allow_pickle,
+                                   classes=classes, mean=mean, std=std, readout=readout or "spikes",
+                                   step_mode=step_mode or "auto")
     graphs = ", ".join(f"{role}: {rel}" for role, rel in manifest.graphs.items())
     echo(f"bundle written to {out} ({graphs}; {len(manifest.states)} states, T_max {manifest.timesteps}, "
                f"{manifest.precision}, batch 1..{manifest.max_batch})")
 
 
-def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, options, allow_pickle):
-    """A foreign model (SpikingJelly, snnTorch) built by a factory function, through export_model."""
-    import torch
-
-    from seenn_deploy.export.foreign import export_model, load_factory_model
-
+def _input_shape(input_shape: str | None, timesteps: int | None, what: str) -> tuple[int, ...]:
     if not input_shape or not timesteps:
-        raise UserError("--factory needs --input-shape C,H,W and --timesteps T")
+        raise UserError(f"{what} needs --input-shape C,H,W and --timesteps T")
     try:
         shape = tuple(int(v) for v in input_shape.split(","))
     except ValueError:
         raise UserError(f"--input-shape {input_shape!r} is not C,H,W integers, e.g. 1,28,28") from None
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"--input-shape {input_shape!r} is not three positive integers C,H,W")
+    return shape
+
+
+def _class_names(classes: str | None) -> list[str] | None:
+    """--classes: a,b,c, or a file with one name per line (blank lines skipped)."""
+    if classes is None:
+        return None
+    path = Path(classes)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --classes file {path}: {exc}") from None
+    else:
+        names = [name.strip() for name in classes.split(",")]
+    if not names or not all(names):
+        raise UserError(f"--classes {classes!r} has an empty name: give A,B,... or a file with one name per line")
+    if len(set(names)) != len(names):
+        raise UserError(f"--classes {classes!r} names a class twice; every class needs its own name")
+    return names
+
+
+def _per_channel(value: str | None, option: str, channels: int, default: float) -> tuple[float, ...]:
+    """--mean / --std: one number for every channel or one per channel."""
+    if value is None:
+        return (default,) * channels
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise UserError(f"{option} {value!r} is not comma-separated numbers, e.g. 0.5 or 0.49,0.48,0.45") from None
+    if len(numbers) == 1:
+        numbers = numbers * channels
+    if len(numbers) != channels:
+        raise UserError(f"{option} has {len(numbers)} values for {channels} input channels: give one, or one per "
+                        "channel")
+    return numbers
+
+
+def _export_nir(path, out, input_shape, timesteps, dt, classes, options):
+    """A NIR graph (Norse, Sinabs, snnTorch, spyx, Lava export it) through export_nir."""
+    shape = _input_shape(input_shape, timesteps, "a .nir file")
+    from seenn_deploy.export.nir import export_nir
+
+    return export_nir(Path(path), out, input_shape=shape, timesteps=timesteps, options=options, dt=dt,
+                      classes=_class_names(classes))
+
+
+def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, options, allow_pickle, *,
+                    classes=None, mean=None, std=None, readout="spikes", step_mode="auto"):
+    """A foreign model (SpikingJelly, snnTorch) built by a factory function, through export_model."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from seenn_deploy.data import Normalisation
+    from seenn_deploy.export.foreign import export_model, load_factory_model
+    from seenn_deploy.files import file_sha256
+
+    shape = _input_shape(input_shape, timesteps, "--factory")
+    norm = Normalisation(_per_channel(mean, "--mean", shape[0], 0.0), _per_channel(std, "--std", shape[0], 1.0))
+    names = _class_names(classes)
     if sample_data:
         from seenn_deploy.data import parse_data_spec
 
-        data = parse_data_spec(sample_data).load("test").subset(8)
+        data = parse_data_spec(sample_data).load("test").subset(REFERENCE_SAMPLES)
         data.check_sample_shape(shape, "--input-shape")
-        sample = torch.from_numpy(data.x)
+        raw = data.x
     else:
-        sample = torch.rand(8, *shape, generator=torch.Generator().manual_seed(0))
+        raw = np.random.default_rng(0).random((REFERENCE_SAMPLES, *shape), dtype=np.float32)
+    mean_a = np.asarray(norm.mean, np.float32).reshape(-1, 1, 1)
+    std_a = np.asarray(norm.std, np.float32).reshape(-1, 1, 1)
+    sample = torch.from_numpy((np.subtract(raw, mean_a, dtype=np.float32) / std_a).astype(np.float32))
     module = load_factory_model(factory, weights, allow_pickle)
-    return export_model(module, sample, out, timesteps=timesteps, options=options)
+    origin = {"factory": factory, "weights": str(Path(weights).resolve()), "weights_sha256": file_sha256(weights),
+              "cwd": os.getcwd()}
+    return export_model(module, sample, out, timesteps=timesteps, options=options, classes=names,
+                        normalisation=norm, readout=readout, step_mode=None if step_mode == "auto" else step_mode,
+                        origin=origin)
 
 
 @cli.command("verify")
@@ -114,7 +214,12 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
 @json_option
 def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement, max_flip_rate, backend, device,
                providers, allow_pickle, json_path) -> None:
-    """Compare the bundle's ONNX step loop with the torch reference on real data; exit 1 past tolerance."""
+    """Compare the bundle's ONNX step loop with the torch reference on real data; exit 1 past tolerance.
+
+    A foreign bundle (SpikingJelly, snnTorch) is compared with its framework: the outputs stored at
+    export, and the framework rerun on the data when its recorded factory and weights (or
+    --checkpoint WEIGHTS) rebuild the model.
+    """
     from seenn_deploy.lazy import require
 
     require("torch", "verify")
@@ -128,6 +233,13 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     manifest = read_manifest(bundle)
     _check_graphs_parse(bundle, manifest.graphs.values())
     source = parse_data_spec(data_spec)
+    if "foreign" in manifest.provenance:
+        if backend != "ort":
+            raise UserError(f"{bundle} holds a foreign model ({manifest.arch}), which verify checks on ONNX Runtime "
+                            "against its framework: use --backend ort")
+        _verify_foreign(bundle, manifest, source, data_spec, checkpoint, samples, batch_size, min_agreement,
+                        allow_pickle, json_path, options.get("providers"))
+        return
     recorded = manifest.provenance.get("checkpoint")
     checkpoint = checkpoint or (Path(recorded) if recorded else None)
     if checkpoint is None:
@@ -162,6 +274,72 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
                    "are not rounded as on a GPU; --backend torch runs real FP16 arithmetic")
     echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
+    if not report.passed:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _verify_foreign(bundle, manifest, source, data_spec, weights, samples, batch_size, min_agreement, allow_pickle,
+                    json_path, providers) -> None:
+    """verify for a SpikingJelly / snnTorch bundle: against the framework's outputs stored at export, and the framework
+    rerun on the data when the recorded factory and weights (or --checkpoint WEIGHTS) rebuild the model."""
+    from seenn_deploy.data import check_labels
+    from seenn_deploy.export.foreign import load_factory_model
+    from seenn_deploy.export.verify import verify_foreign
+    from seenn_deploy.files import file_sha256
+
+    origin = manifest.provenance["foreign"].get("origin") or {}
+    module, note = None, None
+    if origin.get("factory"):
+        path = Path(weights) if weights else Path(origin.get("weights", ""))
+        if not path.is_file():
+            note = f"weights {path} not found (pass --checkpoint WEIGHTS)"
+        else:
+            if origin.get("weights_sha256") and file_sha256(path) != origin["weights_sha256"]:
+                raise UserError(f"{path} is not the weights file {bundle} was exported from (its hash differs): pass "
+                                "the right --checkpoint WEIGHTS or re-export")
+            try:
+                module = load_factory_model(origin["factory"], path, allow_pickle, search_path=origin.get("cwd"))
+            except UserError as exc:
+                if weights:
+                    raise
+                note = f"cannot rebuild the model ({exc})"
+    elif weights:
+        raise UserError(f"{bundle} records no --factory to build the model from: it was exported in memory, so only "
+                        "its stored reference set can be checked (drop --checkpoint)")
+    else:
+        note = "exported in memory, with no factory recorded"
+    data = None
+    if module is not None:
+        data = source.load("test")
+        check_labels(data, manifest.num_classes, manifest.classes, f"bundle {bundle}")
+        if samples is not None:
+            data = data.subset(samples)
+    report = verify_foreign(bundle, manifest, data=data, module=module, batch_size=batch_size,
+                            min_agreement=min_agreement, providers=providers)
+    foreign = manifest.provenance["foreign"]
+    echo(f"{bundle} (ort) vs {foreign.get('framework')} {foreign.get('framework_version')}: T={report.timesteps}, "
+         f"{report.precision}")
+    if note:
+        echo(f"  {note}: checked on the reference set stored at export only, not on {data_spec}")
+    for check in report.checks:
+        echo(f"  {check.source}: {check.samples} samples, logits within {check.tolerance:g} for "
+             f"{100 * (1 - check.mismatch_rate):.2f}% of them")
+        for t in range(len(check.agreement)):
+            acc = ""
+            if check is report.checks[0] and report.bundle_accuracy is not None and data is not None:
+                acc = (f"  accuracy {100 * report.bundle_accuracy[t]:.2f}% ({foreign.get('framework')} "
+                       f"{100 * report.reference_accuracy[t]:.2f}%)")
+            echo(f"    t={t + 1}: agreement {100 * check.agreement[t]:.3f}%  max |logit diff| "
+                 f"{check.max_logit_diff[t]:.2e}{acc}")
+        if check.loop_timesteps is not None:
+            echo(f"    the model's own {check.loop_timesteps}-step call vs the bundle at t={check.loop_timesteps}: "
+                 f"agreement {100 * check.loop_agreement:.3f}%  max |logit diff| {check.loop_max_logit_diff:.2e}")
+    for problem in report.problems:
+        echo(f"  {problem}")
+    echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the logits agree "
+         "within the tolerance for as large a share")
+    emit_json(json_path, {"bundle": str(bundle), "framework": foreign.get("framework"),
+                          "data": data.name if data is not None else None, "note": note, **report.to_dict()})
     if not report.passed:
         sys.exit(EXIT_CHECK_FAILED)
 

@@ -8,6 +8,14 @@ gives the framework's own outputs, then hands it to `export_bundle`.
     module = load_factory_model("mypkg.models:make_net", Path("net.safetensors"), allow_pickle=False)
     export_model(module, torch.rand(2, 3, 32, 32), Path("net.seenn"), timesteps=4)
 
+A model that loops over time inside its forward (the SpikingJelly tutorials' repeat-T-times-and-
+average) is exported as the submodule that does one step, when the loop is that plain; else it is
+refused with the change to make (see `seenn_deploy.export.adapters.time_loop`).
+
+The bundle carries what `verify` needs without this process: the framework's own per-step outputs
+on the sample input (`reference.npz`, see `seenn_deploy.export.verify.ReferenceSet`), and, when
+the model came from `--factory`, the factory and the weights' path and hash in the provenance.
+
 The encoder is not split off for foreign models (`encoder_split` is forced off): their first
 conv lives inside the foreign module, so encoder.onnx would be an identity graph that costs a
 copy and a second session for nothing.
@@ -21,7 +29,8 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -29,8 +38,12 @@ from torch import Tensor, nn
 
 from seenn_deploy.data import Normalisation
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.export.adapters import FRAMEWORKS, READOUTS, Adapter, ForeignBody, detect_framework, get_adapter
+from seenn_deploy.export.adapters import (
+    FRAMEWORKS, READOUTS, Adapter, ForeignBody, detect_framework, get_adapter, read_output,
+)
+from seenn_deploy.export.adapters.time_loop import StepPlan, plan_steps
 from seenn_deploy.export.exporter import ExportOptions, ExportSource, export_bundle
+from seenn_deploy.export.verify import REFERENCE_FILE, ReferenceSet
 from seenn_deploy.runtime.manifest import Manifest
 from seenn_deploy.snn.model import InputSpec, SpikingModel
 from seenn_deploy.snn.state import Frame
@@ -50,8 +63,9 @@ class ForeignModel(SpikingModel):
 
     `module`: the foreign model (it is copied, never changed); `input_spec`: one sample's C, H, W.
     `step_mode`: 'm' if the module takes [T, B, ...] (SpikingJelly multi-step), 's' if it takes one
-    timestep [B, ...] per call; None detects it. `readout`: which of snnTorch's (spikes, membrane)
-    outputs are the class scores.
+    timestep [B, ...] per call; None detects it, and a mode that contradicts the model is refused.
+    A model that loops over time itself is run as its per-step submodule (`plan.loop`).
+    `readout`: which of snnTorch's (spikes, membrane) outputs are the class scores.
     """
 
     body: ForeignBody
@@ -74,9 +88,13 @@ class ForeignModel(SpikingModel):
             )
         self.framework = found
         adapter = get_adapter(found)
-        multi_step = adapter.is_multi_step(module) if step_mode is None else step_mode == "m"
+        try:
+            self.plan: StepPlan = plan_steps(module, adapter, input_spec.shape, step_mode, readout)
+        except UserError:
+            adapter.convert(copy.deepcopy(module))  # a module it cannot export at all is the first thing to fix
+            raise
         self.encoder = nn.Identity()
-        self.body = ForeignBody(adapter.convert(copy.deepcopy(module)), multi_step, readout)
+        self.body = ForeignBody(adapter.convert(copy.deepcopy(self.plan.module(module))), self.plan.multi_step, readout)
         self.eval()
         self.num_classes = self._count_classes()
 
@@ -119,24 +137,50 @@ def _check_sample(sample_input: Tensor) -> Tensor:
 
 
 def check_parity(module: nn.Module, model: ForeignModel, sample: Tensor, timesteps: int,
-                 adapter: Adapter | None = None) -> None:
-    """Raise ParityError unless the wrapped model equals the framework's own multi-step forward on `sample`.
+                 adapter: Adapter | None = None) -> ReferenceSet:
+    """Raise ParityError unless the wrapped model equals the framework's own forward on `sample`; returns that forward's
+    outputs (what `verify` compares the bundle with).
 
     Also checks the step form (explicit states, one call per timestep) against the multi-step form:
-    that is what step.onnx computes.
+    that is what step.onnx computes. For a model that loops over time itself, the model's own
+    call (its loop, not the way the export runs it) must equal the mean of the wrapped model's steps.
     """
     adapter = adapter or get_adapter(model.framework)
-    expected = adapter.reference(copy.deepcopy(module).eval().cpu(), sample, timesteps, model.body.multi_step,
-                                 model.body.readout)
+    plan, readout = model.plan, model.body.readout
+    loop = plan.loop
+    original = copy.deepcopy(module).eval().cpu()
+    expected = adapter.reference(plan.module(original), sample, timesteps, plan.multi_step, readout)
+    steps = max(timesteps, loop.timesteps) if loop else timesteps
     with torch.no_grad():
-        wrapped = model(sample, timesteps=timesteps)
+        wrapped = model(sample, timesteps=steps)
         states = model.init_states(sample.shape[0])
         stepped = []
         for _ in range(timesteps):
             logits, states = model.step(sample, states)
             stepped.append(logits)
-    _compare(wrapped, expected, f"the wrapped model differs from {adapter.name}'s own forward", adapter.name)
-    _compare(torch.stack(stepped), wrapped, "the step loop differs from the multi-step forward", adapter.name)
+    _compare(wrapped[:timesteps], expected, f"the wrapped model differs from {adapter.name}'s own forward",
+             adapter.name)
+    _compare(torch.stack(stepped), wrapped[:timesteps], "the step loop differs from the multi-step forward",
+             adapter.name)
+    model_output = None
+    if loop is not None:
+        model_output = own_output(original, sample, adapter, readout)
+        _compare(loop.combine(wrapped[: loop.timesteps]), model_output,
+                 f"the model's own {loop.timesteps}-step call differs from the {loop.reduction} of its steps",
+                 adapter.name)
+    return ReferenceSet(x=sample.numpy(), logits=expected.float().numpy(),
+                        model_output=None if model_output is None else model_output.float().numpy(),
+                        model_timesteps=loop.timesteps if loop else None)
+
+
+def own_output(module: nn.Module, x: Tensor, adapter: Adapter, readout: str) -> Tensor:
+    """One call of the model itself from rest, its loop over time included: what a time-looped model returns."""
+    adapter.reset(module)
+    try:
+        with torch.no_grad():
+            return read_output(module(x), readout)
+    finally:
+        adapter.reset(module)
 
 
 def _compare(got: Tensor, expected: Tensor, what: str, framework: str) -> None:
@@ -145,10 +189,12 @@ def _compare(got: Tensor, expected: Tensor, what: str, framework: str) -> None:
     close = torch.isclose(got, expected.to(got.dtype), rtol=PARITY_RTOL, atol=PARITY_ATOL)
     if bool(close.all()):
         return
-    t = int((~close).flatten(1).any(dim=1).nonzero()[0])
+    where = ""
+    if got.dim() == 3:  # [T, B, K]
+        where = f", first at timestep {int((~close).flatten(1).any(dim=1).nonzero()[0])}"
     diff = float((got - expected).abs().max())
     raise ParityError(
-        f"parity check failed: {what} (max |difference| {diff:.3g}, first at timestep {t}): a bug in the {framework} "
+        f"parity check failed: {what} (max |difference| {diff:.3g}{where}): a bug in the {framework} "
         "adapter, or a custom module in the model that keeps state between timesteps; please report it"
     )
 
@@ -156,40 +202,56 @@ def _compare(got: Tensor, expected: Tensor, what: str, framework: str) -> None:
 def export_model(module: nn.Module, sample_input: Tensor, out_dir: Path, *, timesteps: int,
                  classes: Sequence[str] | None = None, normalisation: Normalisation | None = None,
                  framework: str = "auto", step_mode: str | None = None, options: ExportOptions | None = None,
-                 readout: str = "spikes", event: bool = False) -> Manifest:
+                 readout: str = "spikes", event: bool = False, origin: Mapping[str, str] | None = None) -> Manifest:
     """Export a foreign SNN in memory to a bundle at `out_dir`; returns its manifest.
 
     `sample_input`: one timestep [B, C, H, W] (static image, normalised as the model expects);
-    it fixes the input size and feeds the parity check. `timesteps`: T_max of the bundle.
-    `classes`: names (default "0".."K-1"). `framework`: auto, spikingjelly or snntorch.
-    `step_mode`: see ForeignModel. `readout`: snnTorch (spk, mem) outputs: "spikes" (snnTorch's
-    rate-coded convention) or "membrane" (often the better calibrated confidence).
-    `event`: the bundle takes a new frame per timestep (DVS) instead of repeating a static image.
+    it fixes the input size, feeds the parity check and is the reference set `verify` checks the
+    bundle on (stored in the bundle with the framework's outputs). `timesteps`: T_max of the bundle.
+    `classes`: names (default "0".."K-1"). `normalisation`: what the bundle applies to raw inputs.
+    `framework`: auto, spikingjelly or snntorch. `step_mode`: see ForeignModel. `readout`: snnTorch
+    (spk, mem) outputs: "spikes" (snnTorch's rate-coded convention) or "membrane" (often the better
+    calibrated confidence). `event`: the bundle takes a new frame per timestep (DVS) instead of
+    repeating a static image. `origin`: how to rebuild the model (`--factory`: factory, weights,
+    weights_sha256, cwd), recorded so that `verify` can rerun the framework on real data.
+    A model in train mode is exported in eval mode, with a warning.
     """
     if not isinstance(timesteps, int) or timesteps < 1:
         raise UserError(f"timesteps must be an int >= 1, got {timesteps!r}")
     sample = _check_sample(sample_input)
     model = ForeignModel(module, InputSpec(*sample.shape[1:]), framework=framework, step_mode=step_mode,
                          readout=readout).cpu()
+    if any(m.training for m in module.modules()):
+        warnings.warn(
+            f"{type(module).__name__} is in train mode; it is exported in eval mode (dropout off, BatchNorm with its "
+            "running statistics), as a deployed model runs: call model.eval() first to silence this",
+            UserWarning, stacklevel=2,
+        )
     adapter = get_adapter(model.framework)
-    check_parity(module, model, sample, timesteps, adapter)
+    reference = check_parity(module, model, sample, timesteps, adapter)
     options = dataclasses.replace(options or ExportOptions(), encoder_split="off")
     names = [str(c) for c in classes] if classes is not None else [str(k) for k in range(model.num_classes)]
     cls = type(module)
-    provenance = {"foreign": {"framework": model.framework, "framework_version": adapter.version(),
-                              "class": f"{cls.__module__}.{cls.__qualname__}", "step_mode": model.step_mode,
-                              "readout": readout}}
+    foreign = {"framework": model.framework, "framework_version": adapter.version(),
+               "class": f"{cls.__module__}.{cls.__qualname__}", "step_mode": model.step_mode, "readout": readout,
+               "reference": REFERENCE_FILE, "reference_samples": int(sample.shape[0])}
+    if model.plan.loop is not None:
+        foreign["time_loop"] = model.plan.loop.to_dict()
+    if origin:
+        foreign["origin"] = dict(origin)
     source = ExportSource(model=model, timesteps=timesteps, classes=names, normalisation=normalisation,
-                          event=event, arch=f"{model.framework}:{cls.__qualname__}", provenance=provenance)
+                          event=event, arch=f"{model.framework}:{cls.__qualname__}", provenance={"foreign": foreign},
+                          files={REFERENCE_FILE: reference.to_bytes()})
     return export_bundle(source, Path(out_dir), options)
 
 
 # -- --factory package.module:function --------------------------------------------------------
-def load_factory_model(factory: str, weights: Path, allow_pickle: bool) -> nn.Module:
+def load_factory_model(factory: str, weights: Path, allow_pickle: bool, search_path: str | None = None) -> nn.Module:
     """Build a model with `factory` ("package.module:function", called with no arguments) and load `weights`; eval mode.
 
     Weights: safetensors, or .pt/.pth only with `allow_pickle` (read with torch.load(weights_only=True)).
-    The module is imported as Python would, with the working directory also on the path.
+    The module is imported as Python would, with the working directory (and `search_path`, such as
+    the directory the bundle was exported from) also on the path.
     """
     from seenn_deploy.snn.checkpoint import read_weights  # one reader for every weights file
 
@@ -199,7 +261,7 @@ def load_factory_model(factory: str, weights: Path, allow_pickle: bool) -> nn.Mo
             "function that builds the model with no arguments)"
         )
     module_name, attr = factory.strip().split(":")
-    target = _import(module_name)
+    target = _import(module_name, search_path)
     obj = target
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -236,12 +298,12 @@ def load_factory_model(factory: str, weights: Path, allow_pickle: bool) -> nn.Mo
     return model.eval()
 
 
-def _import(module_name: str):
-    """Import `module_name`, with the working directory appended to sys.path for the duration."""
+def _import(module_name: str, search_path: str | None = None):
+    """Import `module_name`, with the working directory (and `search_path`) appended to sys.path for the duration."""
     cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.append(cwd)
+    added = [p for p in dict.fromkeys([cwd, search_path])
+             if p and p not in sys.path and not (p == cwd and "" in sys.path)]
+    sys.path.extend(added)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -254,5 +316,5 @@ def _import(module_name: str):
     except Exception as exc:  # a syntax error or any exception at import time of the user's module
         raise UserError(f"importing {module_name} failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     finally:
-        if added:
-            sys.path.remove(cwd)
+        for path in added:
+            sys.path.remove(path)

@@ -3,13 +3,21 @@
 Predictions and logits are compared on the shipped graphs. Spikes are read from the shipped
 step graph too: every `Cast(GreaterOrEqual | Greater)` there is a neuron's spike output, and an
 ONNX Runtime session over a copy of the graph with those tensors added as outputs returns them.
+
+Foreign bundles (SpikingJelly, snnTorch) are checked against their framework instead
+(`verify_foreign`): the framework's outputs stored at export (`ReferenceSet`, reference.npz),
+and, when the model can be rebuilt from its recorded factory and weights, the framework rerun on
+the data. A model that loops over time itself is also checked through its own call, loop
+included, never only the way the export runs it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+import io
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,12 +30,21 @@ from seenn_deploy.runtime.loop import run_timesteps
 from seenn_deploy.runtime.manifest import Manifest
 from seenn_deploy.snn.model import SpikingModel
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from seenn_deploy.export.adapters.time_loop import StepPlan
+
 SPIKE_COMPARES = ("GreaterOrEqual", "Greater")
 # Defaults: FP32 must agree exactly up to rare ties; FP16 rounds membranes, so some spikes flip.
 TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2)}
 # FP32 bundles flip 1e-7..1e-6 of spikes (summation order decides exact ties at the threshold):
 # below this, a layer's flips say nothing about FP16.
 HINT_MIN_FLIP_RATE = 1e-6
+REFERENCE_FILE = "reference.npz"
+# Foreign bundles have no spike check (the framework's neurons are not the graph's): a sample whose accumulated
+# logits differ from the framework's by more than this at some t counts as a mismatch.
+LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
 @dataclass
@@ -46,13 +63,82 @@ class VerifyReport:
     min_agreement: float
     max_flip_rate: float
     hint: str | None = None  # fp16 with flips: which layer to keep in FP32
+    checks: list[ReferenceCheck] = field(default_factory=list)  # foreign bundles: each comparison made
+    problems: list[str] = field(default_factory=list)  # foreign bundles: what fails outright
 
     @property
     def passed(self) -> bool:
-        return min(self.agreement) >= self.min_agreement and self.spike_flip_rate <= self.max_flip_rate
+        return (min(self.agreement) >= self.min_agreement and self.spike_flip_rate <= self.max_flip_rate
+                and all(check.passed for check in self.checks) and not self.problems)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "checks": [c.to_dict() for c in self.checks], "passed": self.passed}
+
+
+@dataclass
+class ReferenceCheck:
+    """A foreign bundle against its framework on one set of samples (`source`): per-t agreement and logits, and
+    for a time-looped model the bundle at the model's own T against the model's own call."""
+
+    source: str  # "framework on DATA" or "reference set stored at export"
+    samples: int
+    agreement: list[float]  # per t: share of samples whose prediction matches the framework's
+    max_logit_diff: list[float]  # per t: max |difference| of the accumulated-mean logits
+    mismatch_rate: float  # share of samples whose accumulated logits differ past `tolerance` at some t
+    tolerance: float
+    min_agreement: float
+    loop_timesteps: int | None = None
+    loop_agreement: float | None = None  # the model's own call against the bundle after loop_timesteps steps
+    loop_max_logit_diff: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        loop_ok = self.loop_agreement is None or self.loop_agreement >= self.min_agreement
+        return min(self.agreement) >= self.min_agreement and self.mismatch_rate <= 1 - self.min_agreement and loop_ok
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class ReferenceSet:
+    """What a foreign framework computed at export, kept in the bundle for `verify`.
+
+    x [N, C, H, W]: the model's input (normalised as the model expects); logits [T, N, K]: the
+    framework's per-step outputs from rest. A time-looped model adds its own call's output
+    (model_output: [N, K] for a mean over its model_timesteps steps, [n, N, K] for a stack).
+    """
+
+    x: np.ndarray
+    logits: np.ndarray
+    model_output: np.ndarray | None = None
+    model_timesteps: int | None = None
+
+    def to_bytes(self) -> bytes:
+        arrays = {"x": np.asarray(self.x, np.float32), "logits": np.asarray(self.logits, np.float32)}
+        if self.model_output is not None:
+            arrays["model_output"] = np.asarray(self.model_output, np.float32)
+            arrays["model_timesteps"] = np.asarray(self.model_timesteps, np.int64)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def read(cls, path: Path) -> ReferenceSet:
+        """The set in `path`; UserError when it is missing or not one (a bundle from an older export, or damaged)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the reference set {path} ({exc}): re-export the bundle") from None
+        missing = {"x", "logits"} - set(arrays)
+        x, logits = arrays.get("x"), arrays.get("logits")
+        if missing or x.ndim != 4 or logits.ndim != 3 or logits.shape[1] != len(x):
+            raise UserError(f"{path} is not a reference set (arrays x [N, C, H, W] and logits [T, N, K]): re-export "
+                            "the bundle")
+        steps = arrays.get("model_timesteps")
+        return cls(x=x.astype(np.float32), logits=logits.astype(np.float32), model_output=arrays.get("model_output"),
+                   model_timesteps=None if steps is None else int(steps))
 
 
 def spike_tensor_names(step_onnx: Path) -> list[str]:
@@ -183,3 +269,152 @@ def fp32_hint(model: SpikingModel, layer_flip_rates: dict[str, float], manifest:
             return (f"flips start at {neuron} ({rate:.1e}), fed by {before[-1]} in FP16: export with "
                     f"--precision fp16 --fp32-layers {keep} to keep it in FP32")
     return None
+
+
+# -- foreign bundles ------------------------------------------------------------------------------
+def verify_foreign(bundle: Path, manifest: Manifest, *, data: ArrayDataset | None = None,
+                   module: nn.Module | None = None, batch_size: int = 256, min_agreement: float | None = None,
+                   progress: Callable[[int], None] | None = None, providers: list | None = None) -> VerifyReport:
+    """Check a foreign bundle against its framework: on the reference set stored at export, and, given the rebuilt
+    `module` and `data`, the framework rerun on the data (normalised as the bundle normalises it).
+
+    The rebuilt model's step pattern is detected anew, and the framework runs as detected, never
+    as the bundle records: a bundle exported another way fails. A time-looped model is also run
+    through its own call, loop included, against the bundle after the model's own T steps.
+    """
+    from seenn_deploy.runtime.bundle import bundle_path
+    from seenn_deploy.runtime.loop import open_bundle_graphs
+
+    foreign = manifest.provenance.get("foreign")
+    if not isinstance(foreign, dict):
+        raise UserError(f"{bundle} is not a foreign bundle (its manifest records no foreign framework)")
+    rel = foreign.get("reference")
+    if not isinstance(rel, str):
+        raise UserError(f"{bundle} stores no reference set (exported before verify could check foreign bundles): "
+                        "re-export it with this version")
+    stored = ReferenceSet.read(bundle_path(bundle, rel, "reference set"))
+    agreement_floor = TOLERANCES[manifest.precision][0] if min_agreement is None else min_agreement
+    tolerance = LOGIT_TOLERANCE[manifest.precision]
+    problems: list[str] = []
+    loop_steps = (foreign.get("time_loop") or {}).get("timesteps")
+    steps = max(manifest.timesteps, loop_steps or 0)
+    step, encoder = open_bundle_graphs(Path(bundle), manifest, providers)
+    with step:
+        identity = dataclasses.replace(manifest, input=dataclasses.replace(
+            manifest.input, mean=(0.0,) * len(manifest.input.mean), std=(1.0,) * len(manifest.input.std)))
+        trace = run_timesteps(identity, step, _as_input(manifest, stored.x, steps), steps, encoder, batch_size)
+        checks = [_reference_check("reference set stored at export", trace.logits, trace.prediction, stored.logits,
+                                   stored.model_output, stored.model_timesteps, tolerance, agreement_floor)]
+        labels, ref_pred, bundle_pred = None, None, None
+        if module is not None and data is not None:
+            plan, found = _detected_plan(module, manifest, foreign)
+            problems += found
+            steps = max(manifest.timesteps, plan.loop.timesteps if plan.loop else 0)
+            ref_logits, own = _framework_outputs(module, manifest, plan, foreign.get("readout", "spikes"), data.x,
+                                                 steps, batch_size)
+            trace = run_timesteps(manifest, step, data.x, steps, encoder, batch_size, progress=progress)
+            checks.insert(0, _reference_check(f"{foreign.get('framework', 'framework')} on {data.name}", trace.logits,
+                                              trace.prediction, ref_logits[: manifest.timesteps], own,
+                                              plan.loop.timesteps if plan.loop else None, tolerance, agreement_floor))
+            labels = data.y
+            ref_pred = cumulative_mean(ref_logits[: manifest.timesteps]).argmax(-1)
+            bundle_pred = trace.prediction[: manifest.timesteps]
+        if encoder is not None:
+            encoder.close()
+    main = checks[0]
+
+    def accuracy(pred: np.ndarray | None) -> list[float] | None:
+        return None if labels is None or pred is None else [float(v) for v in (pred == labels).mean(axis=1)]
+
+    return VerifyReport(
+        samples=main.samples, timesteps=manifest.timesteps, precision=manifest.precision, backend="ort",
+        agreement=main.agreement, max_logit_diff=main.max_logit_diff, spike_flip_rate=0.0, spike_layers=0,
+        layer_flip_rates={}, reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(bundle_pred),
+        min_agreement=agreement_floor, max_flip_rate=TOLERANCES[manifest.precision][1], checks=checks,
+        problems=problems,
+    )
+
+
+def _as_input(manifest: Manifest, x: np.ndarray, steps: int) -> np.ndarray:
+    """Static samples [N, C, H, W] as the bundle takes them: repeated into `steps` frames for an event bundle."""
+    if manifest.input.kind == "event":
+        return np.repeat(x[:, None], steps, axis=1)
+    return x
+
+
+def _reference_check(source: str, logits: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
+                     model_output: np.ndarray | None, model_timesteps: int | None, tolerance: float,
+                     min_agreement: float) -> ReferenceCheck:
+    """Bundle logits [S, N, K] and predictions [S, N] (S >= T) against the framework's per-step logits [T, N, K]."""
+    steps = len(reference)
+    ref_mean = cumulative_mean(reference)
+    bundle_mean = cumulative_mean(logits)
+    diff = np.abs(bundle_mean[:steps] - ref_mean)
+    check = ReferenceCheck(
+        source=source, samples=reference.shape[1],
+        agreement=[float(a) for a in (prediction[:steps] == ref_mean.argmax(-1)).mean(axis=1)],
+        max_logit_diff=[float(d) for d in diff.max(axis=(1, 2))],
+        mismatch_rate=float((diff.max(axis=2) > tolerance).any(axis=0).mean()), tolerance=tolerance,
+        min_agreement=min_agreement,
+    )
+    if model_output is not None and model_timesteps is not None:
+        n = int(model_timesteps)
+        if model_output.ndim == 2:  # the mean over the model's own n steps
+            got, own = bundle_mean[n - 1], model_output.astype(np.float64)
+        else:  # the stacked steps
+            got, own = logits[:n].astype(np.float64), model_output.astype(np.float64)
+        check.loop_timesteps = n
+        check.loop_agreement = float((got.argmax(-1) == own.argmax(-1)).mean())
+        check.loop_max_logit_diff = float(np.abs(got - own).max())
+    return check
+
+
+def _detected_plan(module: nn.Module, manifest: Manifest, foreign: dict) -> tuple[StepPlan, list[str]]:
+    """How the rebuilt model runs over time, detected anew (never taken from the bundle), and a problem when the
+    bundle was exported another way."""
+    from seenn_deploy.export.adapters import detect_framework, get_adapter
+    from seenn_deploy.export.adapters.time_loop import plan_steps
+
+    adapter = get_adapter(detect_framework(module))
+    plan = plan_steps(module, adapter, tuple(manifest.step_input_shape), None, foreign.get("readout", "spikes"))
+    found = {"step_mode": "m" if plan.multi_step else "s", "time_loop": plan.loop.to_dict() if plan.loop else None}
+    recorded = {"step_mode": foreign.get("step_mode"), "time_loop": foreign.get("time_loop")}
+    if found == recorded:
+        return plan, []
+    return plan, [f"the model runs {_describe_plan(found)}, but the bundle was exported {_describe_plan(recorded)}: "
+                  "re-export it with this version"]
+
+
+def _describe_plan(plan: dict) -> str:
+    loop = plan.get("time_loop")
+    if not loop:
+        return f"in step mode {plan.get('step_mode')!r} with no loop of its own"
+    return (f"its own {loop.get('timesteps')}-step loop over {loop.get('inner')!r} (step mode "
+            f"{loop.get('step_mode')!r}, {loop.get('reduction')})")
+
+
+def _framework_outputs(module: nn.Module, manifest: Manifest, plan: StepPlan, readout: str, x: np.ndarray, steps: int,
+                       batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The framework's per-step logits [steps, N, K] on raw samples x (normalised as the bundle does), run as `plan`
+    says, and a time-looped model's own call ([N, K] or [n, N, K]), None for others."""
+    from seenn_deploy.export.adapters import detect_framework, get_adapter
+    from seenn_deploy.export.foreign import own_output
+    from seenn_deploy.runtime.loop import check_samples, normalise
+
+    check_samples(manifest, x)
+    if manifest.input.kind == "event":
+        raise UserError("verify reruns the framework on static samples only; event bundles are checked on the "
+                        "stored reference set (omit the factory weights)")
+    adapter = get_adapter(detect_framework(module))
+    model = module.eval().cpu()
+    inner = plan.module(model)
+    logits, own = [], []
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(normalise(manifest, x[start : start + batch_size]))
+        logits.append(adapter.reference(inner, xb, steps, plan.multi_step, readout).float().numpy())
+        if plan.loop is not None:
+            own.append(own_output(model, xb, adapter, readout).float().numpy())
+    own_all = None
+    if plan.loop is not None:
+        own_all = np.concatenate(own, axis=0 if plan.loop.reduction == "mean" else 1)
+    return np.concatenate(logits, axis=1), own_all

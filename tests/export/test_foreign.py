@@ -396,3 +396,25 @@ def test_load_factory_model_builds_and_loads_weights(factory_module, tmp_path):
 def test_bad_factories_are_refused(factory, match, factory_module, tmp_path):
     with pytest.raises(UserError, match=match):
         load_factory_model(factory.format(mod=factory_module), tmp_path / "w.safetensors", allow_pickle=False)
+
+
+@needs_jelly
+def test_a_model_in_train_mode_is_exported_in_eval_mode_with_a_warning(tmp_path):
+    import copy
+
+    net = jelly_multi_step().train()  # Dropout and BatchNorm: train mode would change every output
+    x = sample()
+    expected = jelly_reference(copy.deepcopy(net).eval(), x, multi_step=True)
+    with pytest.warns(UserWarning, match="is in train mode; it is exported in eval mode"):
+        manifest = export_model(net, x, tmp_path / "b", timesteps=T, options=OPTIONS)
+    np.testing.assert_allclose(run_onnx(tmp_path / "b", manifest, x, T), expected.numpy(), atol=1e-5, rtol=0)
+    assert net.training, "the user's model was switched to eval mode"
+
+
+@needs_jelly
+def test_the_framework_version_is_the_installed_distribution():
+    from importlib import metadata
+
+    from seenn_deploy.export.adapters import get_adapter
+
+    assert get_adapter("spikingjelly").version() == metadata.version("spikingjelly")

@@ -207,7 +207,13 @@ class Adapter:
         raise NotImplementedError
 
     def version(self) -> str:
-        return str(getattr(require(self.package, f"{self.name} models"), "__version__", "unknown"))
+        """The installed distribution's version (SpikingJelly has no __version__), else the module's, else "unknown"."""
+        from importlib import metadata
+
+        try:
+            return metadata.version(self.package)
+        except metadata.PackageNotFoundError:
+            return str(getattr(require(self.package, f"{self.name} models"), "__version__", "unknown"))
 
     def supported(self) -> str:
         return ", ".join(f"{self.namespace}.{cls.__name__}" for cls in self.neurons)
@@ -218,6 +224,14 @@ class Adapter:
     def reference(self, module: nn.Module, x: Tensor, timesteps: int, multi_step: bool, readout: str) -> Tensor:
         """The framework's own forward over `timesteps` of static x [B, ...] from rest -> [T, B, K]."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def reset(self, module: nn.Module) -> None:
+        """Put every neuron of `module` back at rest, as the framework does between samples."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def neuron_multi_step(self, neuron: nn.Module) -> bool:
+        """Whether one of the framework's neurons takes a sequence [T, B, ...] per call."""
+        return False
 
     def is_foreign(self, module: nn.Module) -> bool:
         return type(module).__module__.split(".")[0] == self.package

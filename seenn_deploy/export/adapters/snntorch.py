@@ -125,19 +125,19 @@ class SnnTorchAdapter(Adapter):
     def is_multi_step(self, module: nn.Module) -> bool:
         return False  # snnTorch modules take one timestep per call
 
-    def reference(self, module: nn.Module, x: Tensor, timesteps: int, multi_step: bool, readout: str) -> Tensor:
-        """snnTorch's loop: reset, then one call per timestep.
-
-        Each Leaky is reset by its own `reset_mem()`: `snntorch.utils.reset` resets the instances
-        snnTorch registered at construction, and `module` may be a copy it never registered.
-        """
+    def reset(self, module: nn.Module) -> None:
+        """Each Leaky's own `reset_mem()`: `snntorch.utils.reset` resets the instances snnTorch registered at
+        construction, and `module` may be a copy it never registered."""
         snn = require("snntorch", "snnTorch models")
-        leaky = [m for m in module.modules() if isinstance(m, snn.Leaky)]
-        for m in leaky:
-            m.reset_mem()
+        for m in module.modules():
+            if isinstance(m, snn.Leaky):
+                m.reset_mem()
+
+    def reference(self, module: nn.Module, x: Tensor, timesteps: int, multi_step: bool, readout: str) -> Tensor:
+        """snnTorch's loop: reset, then one call per timestep."""
+        self.reset(module)
         try:
             with torch.no_grad():
                 return torch.stack([read_output(module(x), readout) for _ in range(timesteps)])
         finally:
-            for m in leaky:
-                m.reset_mem()
+            self.reset(module)

@@ -194,13 +194,18 @@ class SpikingJellyAdapter(Adapter):
         """A module is multi-step ([T, B, ...] in) when any part of it is: a single-step model has no 'm' module."""
         return any(isinstance(m, self.base.MultiStepModule) or _step_mode(m) == "m" for m in module.modules())
 
+    def neuron_multi_step(self, neuron: nn.Module) -> bool:
+        return _step_mode(neuron) == "m"
+
+    def reset(self, module: nn.Module) -> None:
+        require("spikingjelly.activation_based.functional", "SpikingJelly models").reset_net(module)
+
     def reference(self, module: nn.Module, x: Tensor, timesteps: int, multi_step: bool, readout: str) -> Tensor:
-        functional = require("spikingjelly.activation_based.functional", "SpikingJelly models")
-        functional.reset_net(module)
+        self.reset(module)
         try:
             with torch.no_grad():
                 if multi_step:
                     return read_output(module(x.unsqueeze(0).repeat(timesteps, *([1] * x.dim()))), readout)
                 return torch.stack([read_output(module(x), readout) for _ in range(timesteps)])
         finally:
-            functional.reset_net(module)
+            self.reset(module)
