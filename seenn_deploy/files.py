@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -240,3 +241,32 @@ def interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield a new folder beside `out` to fill; on success it replaces `out` whole, on failure it is removed.
+
+    The swap runs with SIGINT held back, so `out` is always the old folder or the new one; a SIGINT the
+    command never saw (raise_if_interrupted) stops it before the swap. The caller checks the target first.
+    """
+    out = Path(out)
+    staging: Path | None = None
+    try:
+        with interrupts_deferred():  # a SIGINT between making the folder and naming it would leave it behind
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(umask_mode(0o777))
+        yield staging
+        raise_if_interrupted()
+        with interrupts_deferred():
+            old = None
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                out.rename(old / out.name)
+            staging.rename(out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already where the swap finished
+        raise

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import BUNDLE, bundle_lock, check_writable, interrupts_deferred, raise_if_interrupted, umask_mode
+from seenn_deploy.files import BUNDLE, bundle_lock, check_writable, staged_folder
 from seenn_deploy.runtime.manifest import MANIFEST
 
 
@@ -40,22 +38,5 @@ def staged_bundle(out: Path, force: bool = False) -> Iterator[Path]:
     check_writable(out, "--out", BUNDLE)
     with bundle_lock(out, "export", fix="wait for it or choose another --out"):
         check_bundle_target(out, force)
-        staging: Path | None = None
-        try:
-            with interrupts_deferred():  # a SIGINT between making the folder and naming it would leave it behind
-                staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-            staging.chmod(umask_mode(0o777))
+        with staged_folder(out) as staging:
             yield staging
-            raise_if_interrupted()
-            with interrupts_deferred():
-                old = None
-                if out.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                    out.rename(old / "bundle")
-                staging.rename(out)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)  # gone already where the swap finished
-            raise

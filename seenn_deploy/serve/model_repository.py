@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,7 +34,7 @@ import numpy as np
 
 from seenn_deploy import __version__
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import BUNDLE, check_writable, interrupts_deferred, umask_mode, write_json_atomic
+from seenn_deploy.files import BUNDLE, check_writable, staged_folder, write_json_atomic
 from seenn_deploy.lazy import require
 from seenn_deploy.runtime.bundle import bundle_path
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, MANIFEST, PREDICTION, X, Manifest, read_manifest
@@ -333,21 +332,8 @@ def _staged(out: Path, force: bool) -> Iterator[Path]:
     """A folder beside `out` to fill; on success it replaces `out` (SIGINT held back), on failure it is removed."""
     check_writable(out, "--out", BUNDLE)
     check_repository_target(out, force)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        staging.chmod(umask_mode(0o777))
+    with staged_folder(out) as staging:
         yield staging
-        with interrupts_deferred():
-            old = None
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                out.rename(old / "repository")
-            staging.rename(out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_model_repository(bundle: Path, out: Path, options: RepositoryOptions, force: bool = False) -> ModelRepository:
