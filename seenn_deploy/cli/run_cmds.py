@@ -87,6 +87,9 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
               help="Answer this many passes' worth of samples (instead of --duration-s).")
 @click.option("--percentiles", default="50,90,95,99", show_default=True)
 @click.option("--compare", type=click.Choice(["fixed"]), default=None, help="Also run Fixed(T_max) on the same data.")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="What the speedup compares: wall seconds, or the CPU seconds of the thread that runs the steps "
+                   "(needs --threads 1 with ONNX Runtime on the CPU; ignores other load on a shared machine).")
 @click.option("--power", type=click.Choice(["auto", "nvml", "tegrastats", "none"]), default="auto", show_default=True,
               help="Measured energy: NVML samples the GPU the step graph runs on; auto takes tegrastats on a Jetson, "
                    "NVML for a GPU run, else none.")
@@ -94,7 +97,7 @@ def run_cmd(bundle, data_spec, split, samples, backend, exit_spec, mode, batch, 
               help="Write latency.png, exits.png, power plots and summary.md here.")
 @json_option
 def bench_cmd(engine, backend, batch, mode, threads, device, providers, exit_spec, data_spec, synthetic, samples, warmup_ms,
-              duration_s, iterations, percentiles, compare, power, plot_dir, json_path) -> None:
+              duration_s, iterations, percentiles, compare, clock, power, plot_dir, json_path) -> None:
     """Latency, throughput, early-exit speedup and energy of a bundle, plan or step graph on this machine."""
     from seenn_deploy.profile.bench import BenchSettings, run_bench, write_plots
     from seenn_deploy.profile.latency import parse_percentiles
@@ -127,7 +130,7 @@ def bench_cmd(engine, backend, batch, mode, threads, device, providers, exit_spe
         x, labels, name = data.x, data.y, data.name
     settings = BenchSettings(backend=backend, batch=batch, mode=mode, exit=exit_spec, warmup_s=warmup_ms / 1000,
                              duration_s=duration_s, iterations=iterations, percentiles=pcts,
-                             compare_fixed=compare == "fixed", power=power)
+                             compare_fixed=compare == "fixed", power=power, clock=clock)
     report = run_bench(target, x, labels, name, settings, **options)
     echo(report.text())
     if plot_dir is not None:

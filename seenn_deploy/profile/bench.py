@@ -29,9 +29,10 @@ from seenn_deploy.profile.latency import DEFAULT_PERCENTILES, LatencyStats
 from seenn_deploy.profile.target import BenchTarget, resolve_target
 from seenn_deploy.runtime.api import Runtime
 from seenn_deploy.runtime.exit import Fixed
-from seenn_deploy.runtime.requests import Requests, Result
+from seenn_deploy.runtime.requests import Answered, Requests
 
 POWER = ("auto", "nvml", "tegrastats", "none")
+CLOCKS = ("wall", "cpu")
 
 
 @dataclass
@@ -46,10 +47,13 @@ class BenchSettings:
     percentiles: Sequence[float] = DEFAULT_PERCENTILES
     compare_fixed: bool = False
     power: str = "auto"
+    clock: str = "wall"  # what the speedup compares: wall seconds, or the calling thread's CPU seconds
 
     def check(self) -> None:
         if self.power not in POWER:
             raise UserError(f"--power {self.power!r} is not one of {', '.join(POWER)}")
+        if self.clock not in CLOCKS:
+            raise UserError(f"--clock {self.clock!r} is not one of {', '.join(CLOCKS)}")
         if self.duration_s <= 0 or self.warmup_s < 0 or (self.iterations is not None and self.iterations < 1):
             raise UserError("--duration-s must be > 0, --warmup-ms >= 0 and --iterations >= 1")
 
@@ -61,6 +65,7 @@ class Measurement:
     passes: float  # samples answered / data set size
     seconds: float
     throughput: float  # samples / s
+    cpu_seconds: float  # the calling thread's CPU time over the window
     avg_timesteps: float
     exit_histogram: list[int]
     accuracy: float | None
@@ -84,9 +89,11 @@ class BenchReport:
     t_max: int
     runs: list[Measurement]
     speedup: float | None = None
+    clock: str = "wall"
     ideal_speedup: float | None = None
     share_of_ideal: float | None = None
     energy_estimate: dict | None = None
+    policy_cost: dict | None = None  # SEENN-II: profile/policy_cost.py, when the bundle has a policy
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -109,11 +116,16 @@ class BenchReport:
                 lines.append(f"Energy ({run.power['source']}): {run.power['energy_mj']:.1f} mJ, "
                              f"{run.power['energy_mj'] / run.samples:.4g} mJ per sample")
         if self.speedup is not None:
-            lines.append(f"Speedup over Fixed({self.t_max}): {self.speedup:.2f}x of ideal {self.ideal_speedup:.2f}x "
-                         f"({100 * self.share_of_ideal:.1f}% of ideal)")
+            timed = " (thread CPU time)" if self.clock == "cpu" else ""
+            lines.append(f"Speedup over Fixed({self.t_max}){timed}: {self.speedup:.2f}x of ideal "
+                         f"{self.ideal_speedup:.2f}x ({100 * self.share_of_ideal:.1f}% of ideal)")
         if self.energy_estimate:
             lines.append(f"Estimated energy (4.6 pJ/MAC, 0.9 pJ/SOP): {self.energy_estimate['total_uj_per_sample']:.4f} uJ "
                          f"per sample at {self.energy_estimate['avg_timesteps']:.3f} timesteps")
+        if self.policy_cost:
+            from seenn_deploy.profile.policy_cost import policy_cost_line
+
+            lines.append(policy_cost_line(self.policy_cost))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -131,6 +143,10 @@ class BenchReport:
             tail += f"\nSpeedup over Fixed({self.t_max}): **{self.speedup:.2f}x** ({100 * self.share_of_ideal:.1f}% of the ideal {self.ideal_speedup:.2f}x)\n"
         if self.energy_estimate:
             tail += f"\nEstimated energy: {self.energy_estimate['total_uj_per_sample']:.4f} uJ per sample\n"
+        if self.policy_cost:
+            from seenn_deploy.profile.policy_cost import policy_cost_line
+
+            tail += f"\n{policy_cost_line(self.policy_cost)}\n"
         return head + "\n".join(rows) + "\n" + tail
 
 
@@ -184,14 +200,19 @@ class _TegraPower:
 
 @dataclass
 class Stream:
-    """What a steady-state stream answered in its timed window: results in answer order, the data row
-    each answers (`rows` [n]), wall seconds, step and once-per-sample executor seconds, and the power
-    sampler's report, all over the window. `cpu_seconds` is the calling thread's CPU time in the window:
-    with an executor that computes in that thread (ORT with one thread), the work itself, unaffected
-    by whatever else the machine runs."""
+    """What a steady-state stream answered in its timed window, in answer order: the data row each
+    answer is for (`rows` [n]), its prediction, timesteps and service seconds [n]; wall seconds, step
+    and once-per-sample executor seconds, and the power sampler's report, all over the window.
+    `cpu_seconds` is the calling thread's CPU time in the window: with an executor that computes in
+    that thread (ORT with one thread), the work itself, unaffected by whatever else the machine runs.
 
-    results: list[Result]
+    Answers are kept as the scheduler's arrays (`Answered`), not as a Result object each: what is
+    timed is the runtime's work per step, not the building of objects a server would hand out."""
+
     rows: np.ndarray
+    prediction: np.ndarray
+    timesteps: np.ndarray
+    service: np.ndarray
     seconds: float
     steps: int
     step_seconds: float
@@ -213,23 +234,26 @@ def steady_stream(runtime: Runtime, prepared: np.ndarray, answers: int | None = 
     scheduler = runtime.new_scheduler()
     rows = np.arange(len(prepared))
     once = [e for e in (runtime.encoder, runtime.policy) if e is not None]
-    results: list[Result] = []
-    keys: list = []
+    blocks: list[Answered] = []
+    count = 0
 
     def tick() -> None:
+        nonlocal count
         while len(scheduler.pending) < runtime.batch:
             scheduler.add(Requests.of(prepared, rows))
         settled = scheduler.tick()
         if settled.failed:
-            raise next(a for a in settled.answers if isinstance(a, BaseException))
-        results.extend(settled.answers)
-        keys.extend(settled.keys)
+            raise settled.failures[0][1]
+        for block in settled.answered:
+            blocks.append(block)
+            count += len(block)
 
     try:
         warm_until = time.perf_counter() + warmup_s
         while time.perf_counter() < warm_until:
             tick()
-        del results[:], keys[:]
+        del blocks[:]
+        count = 0
         calls, step_s, once_s = runtime.step.calls, runtime.step.seconds, sum(e.seconds for e in once)
         if power is not None:
             power.start()
@@ -237,15 +261,20 @@ def steady_stream(runtime: Runtime, prepared: np.ndarray, answers: int | None = 
         while True:
             tick()
             elapsed = time.perf_counter() - started
-            if len(results) >= (answers or 1) and (answers is not None or elapsed >= seconds):
+            if count >= (answers or 1) and (answers is not None or elapsed >= seconds):
                 break
         cpu = time.thread_time() - cpu_started
         power_report = power.stop() if power is not None else None
     finally:
         scheduler.close()
-    kept = answers if answers is not None else len(results)
-    return Stream(results[:kept], np.array(keys[:kept], dtype=np.int64), elapsed, runtime.step.calls - calls,
-                  runtime.step.seconds - step_s, sum(e.seconds for e in once) - once_s, cpu, power_report)
+    kept = answers if answers is not None else count
+
+    def column(name: str, dtype) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(b, name), dtype=dtype) for b in blocks])[:kept]
+
+    return Stream(column("keys", np.int64), column("prediction", np.int64), column("timesteps", np.int64),
+                  column("service", np.float64), elapsed, runtime.step.calls - calls, runtime.step.seconds - step_s,
+                  sum(e.seconds for e in once) - once_s, cpu, power_report)
 
 
 def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings: BenchSettings, power) -> Measurement:
@@ -253,21 +282,20 @@ def measure(runtime: Runtime, x: np.ndarray, labels: np.ndarray | None, settings
     prepared = runtime.prepare(x)
     answers = None if settings.iterations is None else settings.iterations * len(x)
     stream = steady_stream(runtime, prepared, answers, settings.duration_s, settings.warmup_s, power)
-    results, elapsed, steps = stream.results, stream.seconds, stream.steps
-    timesteps = np.array([r.timesteps for r in results])
+    elapsed, steps, timesteps, samples = stream.seconds, stream.steps, stream.timesteps, len(stream.rows)
     accuracy = None
     if labels is not None:
-        accuracy = float(np.mean(np.array([r.prediction for r in results]) == labels[stream.rows]))
-    service_ms = np.array([r.service for r in results]) * 1e3
+        accuracy = float(np.mean(stream.prediction == labels[stream.rows]))
+    service_ms = stream.service * 1e3
     stats = LatencyStats.from_samples(service_ms / 1e3, settings.percentiles)
     counts, edges = np.histogram(service_ms, bins=40)
     return Measurement(
-        exit=runtime.exit.describe(), samples=len(results), passes=len(results) / len(x), seconds=elapsed,
-        throughput=len(results) / elapsed, avg_timesteps=float(timesteps.mean()),
+        exit=runtime.exit.describe(), samples=samples, passes=samples / len(x), seconds=elapsed,
+        throughput=samples / elapsed, cpu_seconds=stream.cpu_seconds, avg_timesteps=float(timesteps.mean()),
         exit_histogram=np.bincount(timesteps, minlength=runtime.manifest.timesteps + 1)[1:].tolist(),
         accuracy=accuracy, latency=stats.to_dict(),
         latency_histogram={"edges_ms": edges.tolist(), "counts": counts.tolist()}, steps=steps,
-        step_ms=1e3 * stream.step_seconds / max(steps, 1), encoder_ms_per_sample=1e3 * stream.once_seconds / len(results),
+        step_ms=1e3 * stream.step_seconds / max(steps, 1), encoder_ms_per_sample=1e3 * stream.once_seconds / samples,
         host_ms_per_step=1e3 * (elapsed - stream.step_seconds - stream.once_seconds) / max(steps, 1),
         power=stream.power,
     )
@@ -300,8 +328,13 @@ def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | No
     backend = target.check_backend(settings.backend)
     with target.open(backend, settings.exit, settings.mode, settings.batch, **backend_options) as runtime:
         runtime.prepare(x[:1])
+        if settings.clock == "cpu" and (backend != "ort" or runtime.step.cuda_device is not None
+                                        or backend_options.get("threads") != 1):
+            raise UserError("--clock cpu times the CPU of the thread that runs the steps, which is all the work only "
+                            "with ONNX Runtime on the CPU in one thread: add --threads 1 (backend ort, CPU provider), "
+                            "or use --clock wall")
         report = BenchReport(str(target.path), backend, runtime.step.placement, settings.mode, settings.batch,
-                             data_name, runtime.manifest.timesteps, [], notes=target.notes())
+                             data_name, runtime.manifest.timesteps, [], clock=settings.clock, notes=target.notes())
         gpu = runtime.step.cuda_device
         power = open_power(settings.power, gpu)
         if settings.power == "auto" and power is None:
@@ -317,10 +350,18 @@ def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | No
                 power.close()
         if settings.compare_fixed:
             early, fixed = report.runs
-            report.speedup = early.throughput / fixed.throughput
+            if settings.clock == "cpu":  # samples per CPU second of the thread that ran them
+                report.speedup = (early.samples / early.cpu_seconds) / (fixed.samples / fixed.cpu_seconds)
+            else:
+                report.speedup = early.throughput / fixed.throughput
             report.ideal_speedup = runtime.manifest.timesteps / early.avg_timesteps
             report.share_of_ideal = report.speedup / report.ideal_speedup
         report.energy_estimate, why = estimate_for(runtime, x, report.runs[0].avg_timesteps)
+        if why:
+            report.notes.append(why)
+        from seenn_deploy.profile.policy_cost import bench_policy_cost
+
+        report.policy_cost, why = bench_policy_cost(runtime, x, report.energy_estimate)
         if why:
             report.notes.append(why)
     return report

@@ -83,7 +83,8 @@ class Runtime:
 
         device_states: in slot mode, keep the states where the graph runs (ORT I/O binding, torch
         tensors, TensorRT buffers) instead of passing them through the host every step. None
-        (the default) does so when the graph runs on a GPU; on the CPU the host path is faster.
+        (the default) does so on a GPU and, above batch 1, with ONNX Runtime on the CPU, whose
+        buffers are bound once and written in place.
         """
         manifest = read_manifest(Path(path))
         graphs = open_executors(Path(path), manifest, backend, providers, threads, **backend_options)

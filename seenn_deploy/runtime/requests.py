@@ -1,7 +1,9 @@
-"""What the schedulers move in bulk: queued samples (`Requests`, `RequestQueue`), answers (`Result`, `Settled`).
+"""What the schedulers move in bulk: queued samples (`Requests`, `RequestQueue`), answers (`Answered`,
+`Settled`, `Result`).
 
 A sample is a row of arrays, not an object: it joins a batch with one array write per field and
-leaves with one pass that builds its `Result`, so a sample costs the runtime about a microsecond.
+leaves as a row of the step's `Answered` arrays; its `Result` object is built only for a caller
+that asks for one (infer, a future), so the scheduler's own cost per sample is a fraction of a microsecond.
 """
 
 from __future__ import annotations
@@ -119,24 +121,74 @@ class RequestQueue:
         return [k for i, b in enumerate(self.blocks) for k in b.keys[self.head if i == 0 else 0:].tolist()]
 
 
-class Settled:
-    """What a tick answered: keys[i] gets answers[i], a Result or the exception that failed it."""
+class Answered:
+    """k samples answered together, as arrays: keys [k] and their results' fields.
 
-    __slots__ = ("keys", "answers", "failed")
+    The scheduler hands these out per step without building a Python object per sample;
+    `results()` builds the k `Result`s when a caller wants them (infer, a future), once.
+    """
+
+    __slots__ = ("_results", "confidence", "keys", "latency", "prediction", "service", "timesteps")
+
+    def __init__(self, keys: np.ndarray, prediction: np.ndarray, confidence: np.ndarray, timesteps: np.ndarray,
+                 latency: np.ndarray, service: np.ndarray, results: list[Result] | None = None) -> None:
+        self.keys, self.prediction, self.confidence, self.timesteps = keys, prediction, confidence, timesteps
+        self.latency, self.service, self._results = latency, service, results
+
+    @classmethod
+    def one(cls, key, result: Result) -> "Answered":
+        """One sample whose Result is built already (the batch-1 path)."""
+        return cls([key], [result.prediction], [result.confidence], [result.timesteps], [result.latency],
+                   [result.service], [result])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def results(self) -> list[Result]:
+        if self._results is None:
+            self._results = results_of(self.prediction, self.confidence, self.timesteps, self.latency, self.service)
+        return self._results
+
+
+class Settled:
+    """What a tick answered (`answered`, blocks of arrays) and failed (`failures`: keys and the exception).
+
+    `keys` and `answers` list them one by one, aligned: keys[i] gets answers[i], a Result or the
+    exception that failed it. A consumer that reads arrays (bench) takes `answered` as it is.
+    """
+
+    __slots__ = ("answered", "failed", "failures")
 
     def __init__(self) -> None:
-        self.keys: list = []
-        self.answers: list = []
+        self.answered: list[Answered] = []
+        self.failures: list[tuple[list, BaseException]] = []
         self.failed = 0
 
-    def answer(self, keys: list, results: list[Result]) -> None:
-        self.keys += keys
-        self.answers += results
+    def answer(self, block: Answered) -> None:
+        self.answered.append(block)
 
     def fail(self, keys: list, error: BaseException) -> None:
-        self.keys += keys
-        self.answers += [error] * len(keys)
-        self.failed += len(keys)
+        if len(keys):
+            self.failures.append((keys, error))
+            self.failed += len(keys)
+
+    @property
+    def keys(self) -> list:
+        keys: list = []
+        for block in self.answered:
+            keys += block.keys.tolist() if isinstance(block.keys, np.ndarray) else block.keys
+        for failed, _ in self.failures:
+            keys += failed
+        return keys
+
+    @property
+    def answers(self) -> list:
+        answers: list = []
+        for block in self.answered:
+            answers += block.results()
+        for failed, error in self.failures:
+            answers += [error] * len(failed)
+        return answers
 
 
 def results_of(prediction: np.ndarray, confidence: np.ndarray, steps: np.ndarray, latency: np.ndarray,

@@ -78,3 +78,19 @@ def test_run_reports_service_time_and_queueing_apart(digits_bundle, run_cli, tmp
     report = json.loads((tmp_path / "r.json").read_text())
     assert 0 < report["service_ms_mean"] <= report["service_ms_p99"]
     assert report["queue_ms_mean"] > 0 and "latency_ms_mean" not in report
+
+
+def test_bench_times_the_thread_cpu_with_one_thread_and_refuses_it_otherwise(digits_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    result = cli("bench", "--engine", digits_bundle, "--data", "digits", "--exit", "confidence:0.9", "--compare", "fixed",
+                 "--iterations", "1", "--warmup-ms", "0", "--power", "none", "--threads", "1", "--clock", "cpu",
+                 "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    early, fixed = report["runs"]
+    assert report["clock"] == "cpu" and 0 < early["cpu_seconds"] and 0 < fixed["cpu_seconds"]
+    cpu_speedup = (early["samples"] / early["cpu_seconds"]) / (fixed["samples"] / fixed["cpu_seconds"])
+    assert report["speedup"] == cpu_speedup and "(thread CPU time)" in result.stdout
+    refused = cli("bench", "--engine", digits_bundle, "--synthetic", "--iterations", "1", "--power", "none",
+                  "--clock", "cpu")
+    assert refused.returncode == 2 and "--threads 1" in refused.stderr

@@ -211,6 +211,21 @@ def test_slot_mode_keeps_states_in_bound_buffers(digits_bundle, digits):
     assert len(done) == 20 and step.calls == scheduler.steps_run
 
 
+def test_slot_mode_on_the_ort_cpu_binds_its_states_by_default_above_batch_1(digits_bundle, digits, offline):
+    """Bound in place, a step allocates and copies nothing; the answers are the offline trace's, exactly."""
+    from seenn_deploy.runtime.scheduler import SerialScheduler, make_scheduler
+
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), batch=16) as runtime:
+        scheduler = runtime.new_scheduler()
+        assert scheduler.device is not None and scheduler.states == {}
+        scheduler.close()
+        runtime.step.run = None  # the host path would call it
+        results = runtime.infer(digits.x)
+        assert type(make_scheduler("slots", runtime.manifest, runtime.step, Confidence(ALPHA), 1)) is SerialScheduler
+    assert [r.timesteps for r in results] == offline[0].tolist()
+    assert [r.prediction for r in results] == offline[1].tolist()
+
+
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_device_states_read_back_only_the_head(digits_bundle, digits, offline, backend):
     """Slot mode with device states: exact results, and 8 bytes per slot per step come back (conf + pred)."""

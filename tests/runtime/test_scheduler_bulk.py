@@ -49,3 +49,27 @@ def test_samples_a_claim_drops_are_skipped_and_the_rest_answered_once(digits_bun
     assert claimed == list(range(len(x)))  # every sample offered once, in order
     assert sorted(answered) == [k for k in range(len(x)) if k % 3 != 0]
     assert all(answered[k][:3] == expected[k][:3] for k in answered)
+
+
+@pytest.mark.parametrize("mode, batch", [("slots", 16), ("compact", 16), ("slots", 1)])
+def test_a_step_answers_as_arrays_whose_results_are_infers(digits_bundle, mode, batch):
+    """The scheduler answers in blocks of arrays (no object per sample); the Results built from them, in
+    Python numbers as at batch 1, are infer's, and `keys` / `answers` list them aligned."""
+    x = parse_data_spec("digits").load("test").x[:90]
+    with Runtime.from_bundle(digits_bundle, exit=Confidence(ALPHA), mode=mode, batch=batch) as runtime:
+        expected = runtime.infer(x)
+        scheduler = runtime.new_scheduler()
+        scheduler.add(Requests.of(runtime.prepare(x)))
+        rows, timesteps, answered = [], [], {}
+        while not scheduler.idle:
+            settled = scheduler.tick()
+            for block in settled.answered:
+                rows += list(block.keys)
+                timesteps += list(block.timesteps)
+            answered.update(zip(settled.keys, settled.answers))
+        scheduler.close()
+    assert sorted(rows) == list(range(len(x))) and len(answered) == len(x)
+    assert timesteps == [expected[k].timesteps for k in rows]
+    assert [answered[k][:3] for k in range(len(x))] == [r[:3] for r in expected]
+    assert all(type(r.prediction) is int and type(r.confidence) is float and type(r.timesteps) is int
+               for r in answered.values())

@@ -95,17 +95,29 @@ class Executor:
 class DeviceStates:
     """A step graph's states kept where the graph runs (GPU memory under CUDA), for one slot scheduler.
 
-    `step(x_rows, reset)` runs one step of the B bound slots and returns (confidence [B],
-    prediction [B]) on the host; the states never come back. x_rows: {slot: row} for the slots
-    whose input changed, a full batch [B, ...] (event frames), or None (x unchanged).
+    `step(x, reset, slots)` runs one step of the B bound slots and returns (confidence [B],
+    prediction [B]) on the host, arrays the caller owns; the states never come back. x: the new
+    input rows [k, ...] of `slots` [k] (static inputs change only where a sample entered), a full
+    batch [B, ...] when `slots` is None (event frames), or None (x unchanged). Rows come as
+    arrays, written with one indexed copy, never one call per slot.
     """
 
     batch: int
     bytes_to_device: int = 0  # host -> device over all steps (x rows, reset)
     bytes_to_host: int = 0  # device -> host over all steps (confidence, prediction)
 
-    def step(self, x_rows: dict[int, np.ndarray] | np.ndarray | None, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, x: np.ndarray | None, reset: np.ndarray,
+             slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def close(self) -> None:
         """Give the buffers back."""
+
+
+def slot_rows(x, slots: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(x, slots) of a `DeviceStates.step` call as arrays: also takes the {slot: row} dict earlier callers passed."""
+    if isinstance(x, dict):
+        if not x:
+            return None, None
+        return np.stack(list(x.values())), np.fromiter(x, dtype=np.int64, count=len(x))
+    return x, slots

@@ -1,9 +1,10 @@
 """ONNX Runtime executor: any execution provider list, and I/O binding for device-resident states.
 
-`open_states` gives a slot scheduler `OrtDeviceStates`: the step graph's states live in OrtValues
-on the session's device (GPU memory under the CUDA provider) in two sets, and each step reads
-one set and writes the other (ping-pong), so only x, `reset` [B], `confidence` [B] and
-`prediction` [B] cross between host and device. The same binding code runs on the CPU provider.
+`open_states` gives a slot scheduler `OrtDeviceStates`: the step graph's states live on the
+session's device (GPU memory under the CUDA provider, numpy arrays on the CPU) in two sets, and
+each step reads one set and writes the other (ping-pong), so only x, `reset` [B], `confidence` [B]
+and `prediction` [B] cross between host and device. On the CPU every buffer is bound once, so a
+step costs ONNX Runtime's run and nothing per call: no allocation, no output dict, no state copy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.lazy import require
-from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
+from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo, slot_rows
 from seenn_deploy.runtime.manifest import CONFIDENCE, PREDICTION, RESET, X, StateInfo
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -130,6 +131,7 @@ class OrtExecutor(Executor):
         first = got[0]
         self.device_type = "cuda" if first in GPU_PROVIDERS else "cpu"
         self.on_device = self.device_type != "cpu"
+        self.binds_states_in_place = first == CPU  # OrtDeviceStates binds numpy buffers once (slot mode's default)
         if self.on_device:
             self.cuda_device = int(self.session.get_provider_options().get(first, {}).get("device_id", 0) or 0)
         self.placement = ", ".join(f"{p} (GPU {self.cuda_device})" if p == first and self.on_device else p for p in got)
@@ -150,8 +152,25 @@ class OrtExecutor(Executor):
         return OrtDeviceStates(self, batch, states)
 
 
+def aligned_zeros(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:
+    """Zeros on a 64-byte boundary, as ONNX Runtime's own allocator places tensors: with numpy's 16-byte
+    alignment the Fashion-MNIST CNN's step ran about 9 % slower bound in place (one interleaved run)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(size + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
 class OrtDeviceStates(DeviceStates):
-    """Ping-pong OrtValues for the states, an OrtValue for x updated in place, head outputs to the host."""
+    """Ping-pong state buffers, x, `reset` and the head outputs, for one slot scheduler.
+
+    On the CPU provider every buffer is a numpy array ONNX Runtime reads and writes in place, bound
+    once: two bindings (states A -> B, B -> A) that a step picks by parity, so a step is a copy of
+    the new x rows and `reset` into their buffers and `run_with_iobinding`, with no allocation and
+    no binding call. Under CUDA the states are OrtValues in GPU memory, bound each step, and x,
+    `reset`, `confidence` and `prediction` cross between host and device.
+    """
 
     def __init__(self, executor: OrtExecutor, batch: int, states: list[StateInfo]) -> None:
         self.executor = executor
@@ -159,25 +178,63 @@ class OrtDeviceStates(DeviceStates):
         self.states = states
         ort, device, device_id = onnxruntime(), executor.device_type, executor.cuda_device or 0
         x_info = next(i for i in executor.inputs if i.name == X)
-        self.x_host = np.zeros((batch, *x_info.shape[1:]), dtype=x_info.dtype)
+        self.on_host = device == "cpu"
+        zeros = aligned_zeros if self.on_host else np.zeros
+        self.x_host = zeros((batch, *x_info.shape[1:]), x_info.dtype)
+        self.reset_host = np.ones(batch, dtype=np.bool_)
+        self.parity = 0
+        if self.on_host:
+            self.sets = [[zeros((batch, *s.shape), np.dtype(s.dtype)) for s in states] for _ in range(2)]
+            dtypes = {o.name: o.dtype for o in executor.output_infos or []}
+            self.confidence = np.zeros(batch, dtype=dtypes.get(CONFIDENCE, np.float32))
+            self.prediction = np.zeros(batch, dtype=dtypes.get(PREDICTION, np.int64))
+            self._values: list = []  # the OrtValues over these arrays, kept as long as the bindings that hold them
+            self.bindings = [self._bind_host(ort, parity) for parity in (0, 1)]
+            return
         self.sets = [[ort.OrtValue.ortvalue_from_shape_and_type((batch, *s.shape), np.dtype(s.dtype), device, device_id)
                       for s in states] for _ in range(2)]
         for info, value in zip(states, self.sets[0]):  # fresh memory may hold NaN; reset replaces values via Where
             value.update_inplace(np.zeros((batch, *info.shape), dtype=np.dtype(info.dtype)))
-        self.parity = 0
         self.binding = executor.session.io_binding()
 
-    def step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(x_rows, dict):
-            for slot, row in x_rows.items():
-                self.x_host[slot] = row
-        elif x_rows is not None:
-            self.x_host[...] = x_rows
+    def _bind_host(self, ort, parity: int):
+        """The binding that reads state set `parity` and writes the other; every buffer shared with numpy."""
+        binding = self.executor.session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy  # on the CPU: a view of the array, not a copy
+        bound = [(X, self.x_host), (RESET, self.reset_host)]
+        bound += [(info.name, current) for info, current in zip(self.states, self.sets[parity])]
+        for name, array in bound:
+            self._values.append(value(array))
+            binding.bind_ortvalue_input(name, self._values[-1])
+        outputs = [(info.output, nxt) for info, nxt in zip(self.states, self.sets[1 - parity])]
+        for name, array in outputs + [(CONFIDENCE, self.confidence), (PREDICTION, self.prediction)]:
+            self._values.append(value(array))
+            binding.bind_ortvalue_output(name, self._values[-1])
+        return binding
+
+    def step(self, x, reset: np.ndarray, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x, slots = slot_rows(x, slots)
+        if slots is not None:
+            self.x_host[slots] = x
+        elif x is not None:
+            self.x_host[...] = x
+        if self.on_host:
+            self.reset_host[...] = reset
+            self.executor.run_bound(self.bindings[self.parity])
+            self.parity = 1 - self.parity
+            confidence, prediction = self.confidence.copy(), self.prediction.copy()  # the buffers change next step
+        else:
+            confidence, prediction = self._step_on_device(reset)
+            self.bytes_to_device += self.x_host.nbytes + reset.size
+        self.bytes_to_host += confidence.nbytes + prediction.nbytes
+        return confidence, prediction
+
+    def _step_on_device(self, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         read, write = self.sets[self.parity], self.sets[1 - self.parity]
         binding = self.binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        binding.bind_cpu_input(X, self.x_host)  # no copy on the CPU provider; one upload under CUDA
+        binding.bind_cpu_input(X, self.x_host)  # one upload
         binding.bind_cpu_input(RESET, np.ascontiguousarray(reset, dtype=np.bool_))
         for info, current, nxt in zip(self.states, read, write):
             binding.bind_ortvalue_input(info.name, current)
@@ -187,9 +244,9 @@ class OrtDeviceStates(DeviceStates):
         self.executor.run_bound(binding)
         self.parity = 1 - self.parity
         confidence, prediction = (v.numpy() for v in binding.get_outputs()[-2:])
-        self.bytes_to_device += self.x_host.nbytes + reset.size if self.executor.device_type != "cpu" else 0
-        self.bytes_to_host += confidence.nbytes + prediction.nbytes
         return confidence, prediction
 
     def close(self) -> None:
         self.sets = []
+        self.bindings = []
+        self._values = []

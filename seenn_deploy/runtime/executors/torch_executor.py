@@ -30,7 +30,7 @@ import numpy as np
 
 from seenn_deploy.errors import UserError
 from seenn_deploy.lazy import require
-from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
+from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo, slot_rows
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest, StateInfo
 
 # (bundle, manifest, checkpoint or None) -> role -> torch module computing that graph
@@ -187,20 +187,21 @@ class TorchDeviceStates(DeviceStates):
         self.graph, self.head = graph, head  # only a capture that ended is kept
         self.executor.captures += 1
 
-    def step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.executor._timed(lambda: self._step(x_rows, reset))
+    def step(self, x, reset: np.ndarray, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x, slots = slot_rows(x, slots)
+        return self.executor._timed(lambda: self._step(x, reset, slots))
 
-    def _step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _step(self, x: np.ndarray | None, reset: np.ndarray, slots: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         torch, executor = self.torch, self.executor
         with torch.inference_mode(), full_fp32(torch):
-            if isinstance(x_rows, dict) and x_rows:
-                slots = torch.tensor(list(x_rows), device=self.x.device)
-                rows = torch.from_numpy(np.stack(list(x_rows.values())))
-                self.x.index_copy_(0, slots, rows.to(self.x.device, non_blocking=True))
-                self.bytes_to_device += rows.numel() * rows.element_size()
-            elif x_rows is not None and not isinstance(x_rows, dict):
-                self.x.copy_(torch.from_numpy(np.ascontiguousarray(x_rows)))
-                self.bytes_to_device += x_rows.nbytes
+            if x is not None and slots is not None:  # new rows: one indexed copy
+                if len(slots):
+                    index = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.x.device)
+                    self.x.index_copy_(0, index, torch.from_numpy(np.ascontiguousarray(x)).to(self.x.device))
+                    self.bytes_to_device += x.nbytes
+            elif x is not None:
+                self.x.copy_(torch.from_numpy(np.ascontiguousarray(x)))
+                self.bytes_to_device += x.nbytes
             self.reset.copy_(torch.from_numpy(np.ascontiguousarray(reset, dtype=np.bool_)))
             self.bytes_to_device += self.batch
             if executor.cuda_graphs and self.graph is None:

@@ -17,14 +17,16 @@ Two ways to run a graph:
   prediction [B] (logits [B, K] on request) come back::
 
       ex.bind_states(B)                          # B slots; all rows restart on the first step
-      reset, x_rows = np.ones(B, bool), {slot: x for slot, x in admitted}
+      reset, slots, rows = np.ones(B, bool), admitted_slots, admitted_x
       while busy:
-          confidence, prediction = ex.step_device(x_rows, reset)
-          reset, x_rows = ~occupied, {}          # empty slots restart every step (bounded garbage)
-          for slot in exited: answer it; x_rows[slot] = next sample; reset[slot] = True
+          confidence, prediction = ex.step_device(rows, reset, slots)
+          reset, slots, rows = ~occupied, None, None   # empty slots restart every step (bounded garbage)
+          exited: answer them; slots, rows = their slots, the next samples; reset[slots] = True
 
-  Static inputs are written once per sample (dict of slot -> row); event inputs pass the whole
-  frame batch [B, ...] every step. With `cuda_graphs`, the enqueue of each (batch, parity) is
+  Static inputs are written once per sample: the rows [k, ...] of slots [k] are staged in the
+  pinned buffer with one indexed copy and go to the device in one copy (the span of slots they
+  cover; the rows between hold what the device has already). Event inputs pass the whole frame
+  batch [B, ...] every step. With `cuda_graphs`, the enqueue of each (batch, parity) is
   captured as a CUDA graph after one warm-up call and replayed: ping-pong means two graphs per
   batch size, one per parity. The buffers live as long as the executor, so the graphs do too:
   a later sequence of the same batch (the next `infer()`) replays them without a new capture.
@@ -55,7 +57,7 @@ from seenn_deploy.runtime.bundle import bundle_path
 from seenn_deploy.runtime.engine_meta import (
     EngineMeta, check_engine_compat, check_engine_source, find_engine, meta_path, read_engine_meta,
 )
-from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo
+from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo, slot_rows
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
 
 PURPOSE = "the trt backend"
@@ -384,13 +386,14 @@ class TrtExecutor(Executor):
             self.cuda("cudaStreamSynchronize", self.stream)
             self._seq_batch, self._parity = batch, 0
 
-    def step_device(self, x_rows: dict[int, np.ndarray] | np.ndarray | None, reset: np.ndarray,
+    def step_device(self, x: np.ndarray | None, reset: np.ndarray, slots: np.ndarray | None = None,
                     logits: bool = False) -> tuple[np.ndarray, ...]:
         """One step of the bound slots: (confidence [B], prediction [B]) (+ logits [B, K] if asked).
 
-        x_rows: {slot: x row} for the slots whose input changed, a full batch [B, ...] (events), or
-        None; other slots keep the x already on the device. reset [B] bool: rows to restart.
+        x: the rows [k, ...] of `slots` [k] whose input changed, a full batch [B, ...] when slots is
+        None (events), or None; other slots keep the x already on the device. reset [B] bool: rows to restart.
         """
+        x, slots = slot_rows(x, slots)
         started = time.perf_counter()
         with self._lock:
             batch = self._seq_batch
@@ -400,7 +403,7 @@ class TrtExecutor(Executor):
             if reset.shape != (batch,):
                 raise UserError(f"{self.label}: reset has shape {list(reset.shape)}, the bound batch is [{batch}]")
             self._use_device()
-            self._write_x(x_rows, batch)
+            self._write_x(x, slots, batch)
             self._upload(self._tensors[RESET], reset.astype(self._tensors[RESET].dtype, copy=False))
             src, dst = (0, 1) if self._parity == 0 else (1, 0)
             for pair in self.pairs:
@@ -416,22 +419,34 @@ class TrtExecutor(Executor):
             self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - started
             return tuple(self._tensors[name].view(batch).copy() for name in wanted)
 
-    def _write_x(self, x_rows, batch: int) -> None:
+    def _write_x(self, x: np.ndarray | None, slots: np.ndarray | None, batch: int) -> None:
+        """Stage x in pinned memory and queue one copy: the whole batch, or the span of rows `slots` covers.
+
+        Every write of x to the device goes through the staging buffer, so the rows of the span
+        that are not in `slots` hold what the device holds, and copying them changes nothing.
+        """
         tensor = self._tensors[X]
-        if x_rows is None:
+        if x is None:
             return
-        if isinstance(x_rows, np.ndarray):
-            if x_rows.shape != (batch, *tensor.rows) or x_rows.dtype != tensor.dtype:
-                raise UserError(f"{self.label}: x is {list(x_rows.shape)} {x_rows.dtype.name}, expected "
+        x = np.asarray(x)
+        if slots is None:
+            if x.shape != (batch, *tensor.rows) or x.dtype != tensor.dtype:
+                raise UserError(f"{self.label}: x is {list(x.shape)} {x.dtype.name}, expected "
                                 f"{[batch, *tensor.rows]} {tensor.dtype.name}")
-            self._upload(tensor, x_rows)
+            self._upload(tensor, x)
             return
-        for slot, row in x_rows.items():
-            row = np.asarray(row)
-            if not 0 <= slot < batch or row.shape != tensor.rows or row.dtype != tensor.dtype:
-                raise UserError(f"{self.label}: x row for slot {slot} is {list(row.shape)} {row.dtype.name}, expected "
-                                f"{list(tensor.rows)} {tensor.dtype.name} in a slot 0..{batch - 1}")
-            self._upload(tensor, row, slot)
+        slots = np.asarray(slots, dtype=np.int64)
+        if (x.shape != (len(slots), *tensor.rows) or x.dtype != tensor.dtype
+                or (len(slots) and not (0 <= slots.min() and slots.max() < batch))):
+            raise UserError(f"{self.label}: x rows are {list(x.shape)} {x.dtype.name} for {len(slots)} slots, expected "
+                            f"[{len(slots)}, {', '.join(map(str, tensor.rows))}] {tensor.dtype.name} in slots "
+                            f"0..{batch - 1}")
+        if not len(slots):
+            return
+        tensor.view(batch)[slots] = x
+        low, high = int(slots.min()), int(slots.max()) + 1
+        start = low * tensor.row_bytes
+        self._copy(tensor.device + start, tensor.host_ptr + start, (high - low) * tensor.row_bytes, True)
 
     def _enqueue_step(self, batch: int) -> None:
         """Plain enqueue the first time a (batch, parity) runs; capture it as a CUDA graph the second; replay after."""
@@ -514,8 +529,8 @@ class TrtDeviceStates(DeviceStates):
         self.executor = executor
         self.batch = batch
 
-    def step(self, x_rows, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        confidence, prediction = self.executor.step_device(x_rows, reset)[:2]
+    def step(self, x, reset: np.ndarray, slots: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        confidence, prediction = self.executor.step_device(x, reset, slots)[:2]
         return confidence, prediction
 
     def close(self) -> None:
