@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from seenn_deploy.calib.metrics import METRICS, aet, empirical_aet
+from seenn_deploy.calib.policy_front import combined_sweep, evaluate_combined, pareto
 from seenn_deploy.calib.profile import TimestepProfile
 from seenn_deploy.calib.select import for_accuracy_drop, for_timestep_budget
 from seenn_deploy.calib.sweep import SweepPoint, evaluate_alpha, exit_shares, fixed_points, point_dict, sweep_capped
@@ -69,6 +70,7 @@ class CalibrationReport:
     test: dict[str, Any] | None
     warnings: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    policy: dict[str, Any] | None = None  # SEENN-II bundles: the policy and policy+confidence:alpha (policy_analysis)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -182,8 +184,12 @@ def check_writable_metric(metric: str) -> None:
                         "max softmax): add --no-write to read its sweep in the report")
 
 
-def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str, data: str) -> str:
+def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str, data: str,
+               combined_alpha: float | None = None) -> str:
     """Set the bundle's default exit to the chosen point; the previous exit settings go to the history.
+
+    A bundle whose default exit is its policy keeps it, and takes `combined_alpha` (policy_analysis's
+    choice; None: none met the target) as the alpha of policy+confidence.
 
     Returns the --exit spelling of what was written.
     """
@@ -196,12 +202,12 @@ def write_exit(bundle: Path, manifest: Manifest, point: SweepPoint, metric: str,
     })
     fixed = point.fixed_steps
     if info.kind == "policy":  # the policy stays the default; `policy+confidence` reads the alpha
-        if fixed is None:
-            info.alpha = float(point.alpha)
+        if combined_alpha is not None:
+            info.alpha = float(combined_alpha)
             write_manifest(bundle, manifest)
-            return f"policy, alpha {info.alpha:.6g} for policy+confidence"
+            return f"policy, alpha {info.alpha:.6g} for policy+confidence (chosen on its own sweep)"
         manifest.history.pop()
-        return f"policy (unchanged: the choice, fixed:{fixed}, has no alpha for policy+confidence)"
+        return "policy (unchanged: no policy+confidence point meets the target)"
     cap = fixed if fixed is not None else point.t_cap
     info.kind = "fixed" if fixed is not None else "confidence"
     info.t_cap = None if cap >= manifest.timesteps else cap
@@ -215,3 +221,51 @@ def write_report(folder: Path, report: CalibrationReport) -> Path:
     path = Path(folder) / f"report_{report.metric}.json"
     write_json_atomic(path, report.to_dict())
     return path
+
+
+def _combined_pick(points: list[SweepPoint], full_accuracy: float, target: Target, scores: np.ndarray,
+                   correct: np.ndarray, caps: np.ndarray) -> SweepPoint | None:
+    """The policy+confidence point the target picks (None: no target, or none reaches it)."""
+    if target.alpha is not None:
+        return evaluate_combined(scores, correct, caps, target.alpha)
+    if target.drop is not None:
+        ok = [p for p in points if p.accuracy >= full_accuracy - target.drop / 100.0 - 1e-12]
+        return min(ok, key=lambda p: (p.avg_timesteps, -p.accuracy, -p.alpha)) if ok else None
+    if target.timesteps is not None:
+        ok = [p for p in points if p.avg_timesteps <= target.timesteps + 1e-12]
+        return max(ok, key=lambda p: (p.accuracy, -p.avg_timesteps, p.alpha)) if ok else None
+    return None
+
+
+def policy_analysis(choice: TimestepProfile, test: TimestepProfile | None, caps_choice: np.ndarray,
+                    caps_test: np.ndarray | None, metric: str, target: Target) -> dict[str, Any]:
+    """For a bundle with a policy: its plain exit and the exact sweep of policy+confidence:alpha on the choice set
+    (each sample capped at its policy's T), the point the target picks there, and both scored once on test.
+
+    The alpha written for policy+confidence comes from here, not from the SEENN-I sweep: the same
+    alpha exits other samples when the policy caps them."""
+    scores, correct = choice.scores[metric], choice.correct()
+    points = combined_sweep(scores, correct, caps_choice)
+    front = pareto(points)
+    plain = evaluate_combined(scores, correct, caps_choice, 1.0)
+    picked = _combined_pick(points, float(correct[-1].mean()), target, scores, correct, caps_choice)
+    result: dict[str, Any] = {
+        "policy": {"accuracy": plain.accuracy, "avg_timesteps": plain.avg_timesteps},
+        "front": [{"alpha": max(p.alpha, 0.0), "accuracy": p.accuracy, "avg_timesteps": p.avg_timesteps}
+                  for p in front],
+        "chosen": None if picked is None else {"alpha": max(picked.alpha, 0.0), "accuracy": picked.accuracy,
+                                               "avg_timesteps": picked.avg_timesteps,
+                                               "exit": f"policy+confidence:{max(picked.alpha, 0.0):.6g}"},
+        "test": None,
+    }
+    if target.given and picked is None:
+        result["unreachable"] = "no policy+confidence point meets the target on the choice set"
+    if test is not None and caps_test is not None and test.labels is not None:
+        t_scores, t_correct = test.scores[metric], test.correct()
+        plain_test = evaluate_combined(t_scores, t_correct, caps_test, 1.0)
+        result["test"] = {"policy": {"accuracy": plain_test.accuracy, "avg_timesteps": plain_test.avg_timesteps}}
+        if picked is not None:
+            scored = evaluate_combined(t_scores, t_correct, caps_test, picked.alpha)
+            result["test"]["chosen"] = {"alpha": max(picked.alpha, 0.0), "accuracy": scored.accuracy,
+                                        "avg_timesteps": scored.avg_timesteps}
+    return result

@@ -96,6 +96,12 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
         if runtime is not None:
             runtime.close()
     report, chosen = analyse(choice, test, metric, target, plan.chosen_on)
+    if "policy" in manifest.graphs:  # SEENN-II: the policy's own exit and policy+confidence, swept on its caps
+        from seenn_deploy.calib.calibrate import policy_analysis
+
+        caps = [_policy_caps(bundle, backend, samples, manifest, where, batch_size) if samples else None
+                for samples in (plan.choice, plan.test if test is not None else None)]
+        report.policy = policy_analysis(choice, test, caps[0], caps[1], metric, target)
     if plots:
         from seenn_deploy.calib.plots import make_plots
 
@@ -104,8 +110,21 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
         if note:
             report.warnings.append(note)
     write_report(folder, report)
-    written = write_exit(bundle, manifest, chosen, metric, choice.data) if chosen is not None and write else None
+    combined = (report.policy or {}).get("chosen") or {}
+    written = (write_exit(bundle, manifest, chosen, metric, choice.data, combined.get("alpha"))
+               if chosen is not None and write else None)
     return report, written
+
+
+def _policy_caps(bundle: Path, backend: str, samples, manifest, where: str, batch_size: int) -> np.ndarray:
+    """The T the bundle's policy graph picks for each of `samples`, in the profile's row order (the runtime's
+    own decision code: Policy.budgets)."""
+    from seenn_deploy.runtime.api import Runtime
+
+    data = samples.load(manifest.num_classes, manifest.classes, where)
+    with Runtime.from_bundle(bundle, backend=backend, exit="policy") as runtime:
+        return np.concatenate([runtime.exit.budgets(runtime.prepare(data.x[i: i + batch_size]), manifest.timesteps)
+                               for i in range(0, len(data), batch_size)])
 
 
 def _fixed_line(fixed: list[dict]) -> str:
@@ -164,6 +183,8 @@ def _print_report(bundle: Path, report, written: str | None) -> None:
             echo(f"  chosen {chosen['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps, "
                        f"{drop:.2f} points below Fixed({full['timesteps']}) (on the choice set: {_percent(chosen['accuracy'])} "
                        f"at {chosen['avg_timesteps']:.3f})")
+    if report.policy is not None:
+        _print_policy(report.policy, report.chosen_on)
     for warning in report.warnings:
         echo(f"  warning: {warning}")
     if written is not None:
@@ -172,3 +193,20 @@ def _print_report(bundle: Path, report, written: str | None) -> None:
         echo(f"  plot: {bundle}/{plot}")
     if chosen is None:
         echo("  no target given: --target-drop PTS, --target-timesteps T or --alpha A choose and write an exit")
+
+
+def _print_policy(policy: dict, chosen_on: str) -> None:
+    """SEENN-II lines: the plain policy exit and policy+confidence:alpha, on the choice set and on test."""
+    plain = policy["policy"]
+    echo(f"  SEENN-II policy exit: {_percent(plain['accuracy'])} at {plain['avg_timesteps']:.3f} average timesteps "
+         f"({chosen_on}); policy+confidence front: {len(policy['front'])} points")
+    if policy.get("chosen"):
+        c = policy["chosen"]
+        echo(f"  chosen {c['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps")
+    elif policy.get("unreachable"):
+        echo(f"  policy+confidence: {policy['unreachable']}")
+    test = policy.get("test")
+    if test:
+        echo(f"  on test: policy {_percent(test['policy']['accuracy'])} at {test['policy']['avg_timesteps']:.3f}"
+             + (f"; policy+confidence:{test['chosen']['alpha']:.6g} {_percent(test['chosen']['accuracy'])} at "
+                f"{test['chosen']['avg_timesteps']:.3f}" if "chosen" in test else ""))

@@ -53,30 +53,34 @@ def _numbers(kind: type, what: str):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable_folder,
               help="Write a new checkpoint here instead of adding the policy to CHECKPOINT.")
 @click.option("--resume", is_flag=True, help="Continue (or, when finished, install) the run for this beta.")
+@click.option("--test/--no-test", "score_test", default=True, show_default=True,
+              help="After training, score every beta's policy once on the test split, beside SEENN-I (the report "
+                   "in CHECKPOINT/policies/: report.json, front.png). Choose beta on the validation figures.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @json_option
 def train_policy_cmd(checkpoint, data_spec, betas, candidates, epochs, joint_epochs, width, downsample, batch_size, lr,
-                     joint_lr, weight_decay, reward_shift, balance_first, seed, out, resume, quiet, json_path) -> None:
+                     joint_lr, weight_decay, reward_shift, balance_first, seed, out, resume, score_test, quiet,
+                     json_path) -> None:
     """Train the SEENN-II policy network of a checkpoint: it picks each input's timesteps from the candidates."""
     from seenn_deploy.lazy import require
 
     require("torch", "policy training")
-    from seenn_deploy.train.policy_trainer import PolicyConfig, train_policies
+    from seenn_deploy.train.policy_trainer import PolicyConfig, report_policies, train_policies
 
     config = PolicyConfig(checkpoint=checkpoint, data=data_spec, beta=betas[0], candidates=candidates, epochs=epochs,
                           joint_epochs=joint_epochs, out=out, width=width, downsample=downsample,
                           batch_size=batch_size, lr=lr, joint_lr=joint_lr, weight_decay=weight_decay,
                           shift_reward=reward_shift, balance_first=balance_first, seed=seed, resume=resume)
     runs = train_policies(config, betas, log=echo, progress=not quiet)
-    echo("on the validation slice:" if any(r.final for r in runs) else "no validation slice: no figures")
-    for run in runs:
-        if run.final:
-            shares = " ".join(f"T={t}:{100 * s:.0f}%" for t, s in zip(run.candidates, run.final["shares"]))
-            echo(f"  beta {run.beta:<6g} acc {100 * run.final['accuracy']:6.2f}%  "
-                       f"avg T {run.final['average_timesteps']:.3f}  ({shares})")
+    report = report_policies(config, runs, test=score_test, log=echo, progress=not quiet)
+    for line in report.lines():
+        echo(line)
     if runs and runs[0].snn_validation:
-        echo("  the SNN alone: " + "  ".join(f"T={t}: {100 * a:.2f}%"
-                                                   for t, a in zip(runs[0].candidates, runs[0].snn_validation)))
+        echo("the SNN alone on the validation slice: " + "  ".join(
+            f"T={t}: {100 * a:.2f}%" for t, a in zip(runs[0].candidates, runs[0].snn_validation)))
+    echo("report: " + ", ".join(report.files))
     if len(runs) > 1:
-        echo("to install one, run this command again with that one --beta and --resume (it trains nothing)")
-    emit_json(json_path, {"checkpoint": str(config.destination), "runs": [r.to_dict() for r in runs]})
+        echo("pick beta on the validation figures; to install it, run this command again with that one --beta and "
+             "--resume (it trains nothing)")
+    emit_json(json_path, {"checkpoint": str(config.destination), "runs": [r.to_dict() for r in runs],
+                          "report": report.to_dict()})

@@ -17,11 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from seenn_deploy.profile.energy_costs import E_MAC_PJ, E_SOP_PJ
 from seenn_deploy.snn.macs import layer_macs
 from seenn_deploy.snn.model import SpikingModel
-
-E_MAC_PJ = 4.6
-E_SOP_PJ = 0.9
 
 
 @dataclass
@@ -43,6 +41,17 @@ class EnergyEstimate:
     @property
     def total_uj(self) -> float:
         return sum(layer.energy_pj for layer in self.layers) * 1e-6
+
+    def at(self, avg_timesteps: float) -> EnergyEstimate:
+        """The same layers at another average of timesteps (spike layers scale with it; the analog ones
+        with it only where the encoder runs every step)."""
+        layers = []
+        for layer in self.layers:
+            runs = avg_timesteps if layer.kind == "spike" or not self.encoder_runs_once else 1.0
+            ops = layer.rate * layer.macs_per_step * runs
+            layers.append(LayerEnergy(layer.name, layer.kind, layer.macs_per_step, layer.rate, ops,
+                                      (E_SOP_PJ if layer.kind == "spike" else E_MAC_PJ) * ops))
+        return EnergyEstimate(layers, float(avg_timesteps), self.encoder_runs_once)
 
     def to_dict(self) -> dict:
         return {"layers": [asdict(layer) for layer in self.layers], "avg_timesteps": self.avg_timesteps,

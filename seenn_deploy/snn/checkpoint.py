@@ -8,7 +8,7 @@ Pickle weights (`.pt` / `.pth`) load only when the caller allows it, with `weigh
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from seenn_deploy.data.validation import ValidationSlice
 from seenn_deploy.errors import UserError
-from seenn_deploy.files import read_json_object, write_atomic, write_json_atomic
+from seenn_deploy.files import file_sha256, read_json_object, write_atomic, write_json_atomic
 from seenn_deploy.lazy import require
 
 CONFIG_FILE = "config.json"
@@ -91,8 +91,19 @@ def save_checkpoint(directory: Path, model: nn.Module, config: CheckpointConfig,
         raise UserError("a policy network and config.policy go together: give both or neither")
     _save_weights(directory / WEIGHTS_FILE, model)
     if policy is not None:
-        _save_weights(directory / POLICY_WEIGHTS_FILE, policy)
+        config = save_policy_weights(directory, config, policy)
     write_json_atomic(directory / CONFIG_FILE, config.to_dict())
+
+
+def save_policy_weights(directory: Path, config: CheckpointConfig, policy: nn.Module) -> CheckpointConfig:
+    """Write the policy's weights atomically; the config to write next, its policy entry holding their sha256.
+
+    config.json is written after the weights, so an install cut short between the two leaves a
+    config whose sha256 the new weights do not match: load_policy refuses that pair (naming the
+    fix) instead of running weights that config.json does not describe."""
+    path = Path(directory) / POLICY_WEIGHTS_FILE
+    _save_weights(path, policy)
+    return replace(config, policy={**config.policy, "weights_sha256": file_sha256(path)})
 
 
 def read_config(path: Path) -> CheckpointConfig:
@@ -171,6 +182,11 @@ def load_policy(path: Path, config: CheckpointConfig) -> tuple[nn.Module, list[i
     if not candidates or any(c < 1 or c > config.timesteps for c in candidates):
         raise UserError(f"config.policy candidates {candidates} must be timesteps in 1..{config.timesteps}")
     weights = Path(path) / POLICY_WEIGHTS_FILE
+    expected = spec.get("weights_sha256")  # absent in checkpoints written before it was recorded
+    if expected is not None and weights.is_file() and file_sha256(weights) != expected:
+        raise UserError(f"{weights} is not the policy {Path(path) / CONFIG_FILE} describes (an install was cut "
+                        f"short): install it again with `seenn-deploy train-policy {path} --data ... --beta "
+                        f"{spec.get('beta', 'B')} --resume` and that run's settings")
     policy = create_model(spec["arch"], **spec.get("model", {}))
     if getattr(policy, "num_classes", len(candidates)) != len(candidates):
         raise UserError(f"the policy scores {policy.num_classes} candidates but config.policy lists {len(candidates)}")

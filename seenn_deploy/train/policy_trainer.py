@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ from seenn_deploy.errors import UserError
 from seenn_deploy.files import file_sha256
 from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, CheckpointConfig, load_checkpoint
 from seenn_deploy.snn.model import SpikingModel
-from seenn_deploy.snn.policy_store import RUNS_DIR, install_policy, read_run_record, run_folder, write_run_record
+from seenn_deploy.snn.policy_store import (
+    RUNS_DIR, cached_logits, install_policy, load_run_policy, read_run_record, run_folder, trained_runs,
+    write_run_record,
+)
 from seenn_deploy.snn.zoo import create_model
 from seenn_deploy.train.batches import iterate_batches, model_input
 from seenn_deploy.train.evaluate import timestep_accuracy
@@ -41,12 +44,16 @@ from seenn_deploy.train.policy_objective import (
 )
 from seenn_deploy.train.train_state import STATE_JSON, EpochRecord, TrainState, load_state, save_state
 
+if TYPE_CHECKING:
+    from seenn_deploy.calib.policy_report import PolicyReport
+
 ARCH = "policy_resnet8"
 MOMENTUM = 0.9
 RESUME_KEYS = ("data", "beta", "candidates", "epochs", "joint_epochs", "width", "downsample", "batch_size", "lr",
                "joint_lr", "weight_decay", "shift_reward", "balance_first", "seed")
 
-__all__ = ["PolicyConfig", "PolicyData", "PolicyRun", "PolicyTrainer", "policy_choices", "train_policies"]
+__all__ = ["PolicyConfig", "PolicyData", "PolicyRun", "PolicyTrainer", "policy_choices", "report_policies",
+           "train_policies"]
 
 
 @dataclass
@@ -110,6 +117,8 @@ class PolicyData:
     """The rows a policy trains and validates on, and the frozen SNN's answers on them.
 
     fit_correct / val_correct: bool [N, K], the SNN right after t_k steps (mean of its outputs).
+    val_logits: the SNN's per-step logits on the validation rows [t_K, N, C] (for the report's
+    SEENN-I front), or None where they were not kept.
     rate: the share of fit rows right at the first candidate (the balance_first weights).
     """
 
@@ -117,6 +126,7 @@ class PolicyData:
     val: ArrayDataset | None
     fit_correct: np.ndarray
     val_correct: np.ndarray | None
+    val_logits: np.ndarray | None = None
 
     @property
     def rate(self) -> float:
@@ -133,6 +143,7 @@ class PolicyRun:
     validation: list[dict[str, Any]] = field(default_factory=list)  # per epoch: {"epoch", "stage", **PolicyScore}
     snn_validation: list[float] = field(default_factory=list)  # the SNN alone at each candidate, same rows
     installed: bool = False
+    policy: nn.Module | None = field(default=None, repr=False)  # the trained network (for the report)
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -145,22 +156,28 @@ class PolicyRun:
 
 
 @torch.no_grad()
-def snn_correct(snn: SpikingModel, data: ArrayDataset, normalisation: Normalisation, candidates: list[int],
-                batch_size: int = 256, desc: str = "scoring the SNN") -> np.ndarray:
-    """bool [N, K]: the SNN (eval mode, restored after) right after t_k steps on each row of `data`."""
+def snn_logits(snn: SpikingModel, data: ArrayDataset, normalisation: Normalisation, timesteps: int,
+               batch_size: int = 256, desc: str = "scoring the SNN") -> np.ndarray:
+    """float32 [timesteps, N, C]: the SNN's (eval mode, restored after) output at every step on each row of `data`."""
     was_training = snn.training
     snn.eval()
-    rows = []
+    parts = []
     bar = progress_bar(len(data), desc)
     try:
-        for xb, yb in iterate_batches(data, batch_size):
-            out = snn(model_input(xb, normalisation, candidates[-1]), timesteps=candidates[-1])
-            rows.append(correct_at(out, torch.from_numpy(yb), candidates).numpy())
+        for xb, _ in iterate_batches(data, batch_size):
+            parts.append(snn(model_input(xb, normalisation, timesteps), timesteps=timesteps).numpy())
             bar.update(len(xb))
     finally:
         bar.close()
         snn.train(was_training)
-    return np.concatenate(rows)
+    return np.concatenate(parts, axis=1)
+
+
+def snn_correct(snn: SpikingModel, data: ArrayDataset, normalisation: Normalisation, candidates: list[int],
+                batch_size: int = 256, desc: str = "scoring the SNN") -> np.ndarray:
+    """bool [N, K]: the SNN (eval mode, restored after) right after t_k steps on each row of `data`."""
+    logits = snn_logits(snn, data, normalisation, candidates[-1], batch_size, desc)
+    return correct_at(torch.from_numpy(logits), torch.from_numpy(data.y), candidates).numpy()
 
 
 @torch.no_grad()
@@ -333,8 +350,10 @@ class PolicyTrainer:
         if data.val is None:
             return None
         if joint:  # the SNN changed: its answers on the slice too
-            data.val_correct = snn_correct(self.snn, data.val, self.normalisation, self.candidates,
-                                           desc="scoring the SNN (validation)")
+            data.val_logits = snn_logits(self.snn, data.val, self.normalisation, self.ckpt.timesteps,
+                                         desc="scoring the SNN (validation)")
+            data.val_correct = correct_at(torch.from_numpy(data.val_logits), torch.from_numpy(data.val.y),
+                                          self.candidates).numpy()
         self.snn_validation = data.val_correct.mean(0).tolist()
         choice = policy_choices(self.policy, data.val, self.normalisation)
         return score_choices(choice, data.val_correct, self.candidates, self.reward)
@@ -362,7 +381,8 @@ class PolicyTrainer:
                 shown = f"val {val.line()}" if val is not None else "no validation slice"
                 self.log(f"beta {cfg.beta:g} epoch {epoch + 1}/{self.planned_epochs}{' joint' if joint else ''}  "
                          f"loss {loss:.4f}  train {train_score.line()}  {shown}  ({seconds:.1f} s)")
-        run = PolicyRun(cfg.beta, self.folder, self.candidates, self.validation, self.snn_validation)
+        run = PolicyRun(cfg.beta, self.folder, self.candidates, self.validation, self.snn_validation,
+                        policy=self.policy)
         if self.install:
             self._install()
             run.installed = True
@@ -397,13 +417,28 @@ class PolicyTrainer:
 
 
 def prepare_data(snn: SpikingModel, ckpt: CheckpointConfig, config: PolicyConfig, candidates: list[int]) -> PolicyData:
-    """The fit and validation rows and the frozen SNN's answers on both (one pass of t_K steps each)."""
+    """The fit and validation rows and the frozen SNN's answers on both (one pass of the checkpoint's T steps
+    each, cached in the destination's policies/ folder); the validation logits are kept for the report."""
     fit, val = training_rows(ckpt, Path(config.checkpoint), config.data)
     fit.check_sample_shape(snn.input_spec.shape)
+    sha = file_sha256(Path(config.checkpoint) / WEIGHTS_FILE)
+    fit_logits = split_logits(snn, ckpt, config.destination, sha, "fit", fit)
+    fit_correct = correct_at(torch.from_numpy(fit_logits), torch.from_numpy(fit.y), candidates).numpy()
+    if val is None:
+        return PolicyData(fit, None, fit_correct, None)
+    val_logits = split_logits(snn, ckpt, config.destination, sha, "validation", val)
+    val_correct = correct_at(torch.from_numpy(val_logits), torch.from_numpy(val.y), candidates).numpy()
+    return PolicyData(fit, val, fit_correct, val_correct, val_logits)
+
+
+def split_logits(snn: SpikingModel, ckpt: CheckpointConfig, folder: Path, snn_sha256: str, split: str,
+                 rows: ArrayDataset) -> np.ndarray:
+    """The SNN's logits on `rows` for all its T steps, from the cache in `folder` or computed (and cached)."""
+    key = {"split": split, "snn_sha256": snn_sha256, "data": rows.name, "samples": len(rows),
+           "timesteps": ckpt.timesteps}
     norm = Normalisation.from_dict(ckpt.normalisation)
-    fit_correct = snn_correct(snn, fit, norm, candidates, desc="scoring the SNN (fit rows)")
-    val_correct = None if val is None else snn_correct(snn, val, norm, candidates, desc="scoring the SNN (validation)")
-    return PolicyData(fit, val, fit_correct, val_correct)
+    return cached_logits(folder, key, lambda: snn_logits(snn, rows, norm, ckpt.timesteps,
+                                                         desc=f"scoring the SNN ({split} rows)"))
 
 
 def train_policies(config: PolicyConfig, betas: list[float], log: Callable[[str], None] = print,
@@ -421,3 +456,63 @@ def train_policies(config: PolicyConfig, betas: list[float], log: Callable[[str]
             runs.append(trainer.run())
             data = trainer.prepared
     return runs
+
+
+def report_policies(config: PolicyConfig, runs: list[PolicyRun], test: bool = True, log: Callable[[str], None] = print,
+                    progress: bool = True) -> PolicyReport:
+    """Every run's policy on the validation slice and (test=True) once on the test split, beside the SEENN-I
+    front of the same SNN, with the policy's cost; report.json and front.png go to CHECKPOINT/policies/.
+
+    The finished runs of other betas in the same folder (same SNN weights and candidates, no joint
+    fine-tuning) join the report, so sweeps made in several commands read as one."""
+    from seenn_deploy.calib.policy_report import write_policy_report
+    from seenn_deploy.calib.policy_front import policy_figures
+    from seenn_deploy.profile.energy import estimate_energy
+    from seenn_deploy.profile.policy_cost import policy_cost, snn_step_macs
+
+    source = config.destination if (config.destination / WEIGHTS_FILE).is_file() else Path(config.checkpoint)
+    snn, ckpt = load_checkpoint(source)  # after joint fine-tuning, the fine-tuned SNN
+    norm = Normalisation.from_dict(ckpt.normalisation)
+    candidates = runs[0].candidates
+    policies = {run.beta: run.policy for run in runs}
+    snn_sha256 = file_sha256(source / WEIGHTS_FILE)
+    for folder in trained_runs(config.destination):  # the betas trained before, on this SNN and candidates
+        policy, spec = load_run_policy(folder)
+        same = spec.get("candidates") == candidates and spec["training"].get("snn_sha256") == snn_sha256
+        if same and not spec["training"].get("joint_epochs") and float(spec["beta"]) not in policies:
+            policies[float(spec["beta"])] = policy
+    splits: list[tuple[str, ArrayDataset]] = []
+    _, val = training_rows(ckpt, Path(config.checkpoint), config.data)
+    if val is not None:
+        splits.append(("validation", val))
+    if test:
+        rows = parse_data_spec(config.data).load("test")
+        check_labels(rows, len(ckpt.classes), ckpt.classes, f"checkpoint {source}")
+        splits.append(("test", rows))
+    step_macs = snn_step_macs(snn)
+    costs = {beta: policy_cost(policy, snn.input_spec.shape, step_macs) for beta, policy in policies.items()}
+    cost = costs[runs[0].beta]
+    log(f"scoring {len(policies)} policies (beta {', '.join(f'{b:g}' for b in sorted(policies))}) on "
+        f"{' and '.join(name for name, _ in splits)}")
+    energy = None
+    figures = []
+    with progress_enabled(progress):
+        for name, rows in splits:
+            logits = split_logits(snn, ckpt, config.destination, snn_sha256, name, rows)
+            if energy is None:  # input rates measured once, on the first split's first rows
+                energy = estimate_energy(snn, torch.from_numpy(norm.apply(rows.x[:512])), ckpt.timesteps, 1.0)
+            picks = {beta: np.asarray(candidates)[policy_choices(policy, rows, norm)] for beta, policy in policies.items()}
+            shares = {beta: c.share_of_step for beta, c in costs.items()}
+            split = policy_figures(name, rows.name, logits, rows.y, picks, candidates, shares)
+            for point in split.policies:
+                own = costs[point["beta"]]
+                snn_pj = 1e6 * energy.at(point["avg_timesteps"]).total_uj
+                point["policy_macs"] = own.macs
+                point["energy_uj"] = (snn_pj + own.energy_pj) * 1e-6
+                point["policy_share_of_energy"] = own.energy_pj / (snn_pj + own.energy_pj)
+            figures.append(split)
+    title = f"SEENN-II on {source.name}: policies over candidates {candidates} beside SEENN-I"
+    report = write_policy_report(config.destination / RUNS_DIR, candidates, figures,
+                                 cost.to_dict() | {"snn_energy_uj_per_step": energy.at(1.0).total_uj if energy else None},
+                                 title)
+    return report

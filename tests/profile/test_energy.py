@@ -34,3 +34,13 @@ def test_energy_of_a_tiny_network_by_hand(once):
     assert fc.ops_per_sample == pytest.approx(0.5 * 2.5 * 96)  # SOPs = rate x T x MACs = 120
     assert fc.energy_pj == pytest.approx(0.9 * 120)
     assert estimate.total_uj == pytest.approx((4.6 * 288 * conv_runs + 0.9 * 120) * 1e-6)
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_the_estimate_at_another_average_equals_a_fresh_estimate_there(once):
+    torch.manual_seed(0)
+    model, x = Tiny(), torch.randn(5, 1, 4, 4)
+    fresh = estimate_energy(model, x, timesteps=4, avg_timesteps=1.75, encoder_runs_once=once)
+    moved = estimate_energy(model, x, timesteps=4, avg_timesteps=3.0, encoder_runs_once=once).at(1.75)
+    assert moved.avg_timesteps == 1.75 and moved.total_uj == pytest.approx(fresh.total_uj)
+    assert [layer.energy_pj for layer in moved.layers] == pytest.approx([layer.energy_pj for layer in fresh.layers])

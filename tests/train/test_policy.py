@@ -62,6 +62,22 @@ def test_exact_expectation_gradient_is_the_mean_of_sampled_reinforce_gradients()
     assert torch.linalg.norm(unweighted - exact) > 0.2 * torch.linalg.norm(exact)
 
 
+def test_a_per_sample_baseline_leaves_the_exact_gradient_unchanged():
+    # sum_k v_k (R_k - b) = J - b for any b constant in k: a baseline, which tames sampled REINFORCE, is a no-op
+    # here, so the exact objective's conditioning cannot come from one (only from the rewards' scale)
+    torch.manual_seed(1)
+    policy = torch.nn.Linear(5, 4)
+    x = torch.randn(8, 5)
+    rewards = Reward(beta=4.0).table(torch.rand(8, 4) < 0.7, [1, 2, 3, 4])
+    grads = []
+    for r in (rewards, rewards - rewards.mean(1, keepdim=True), rewards - 3.0):
+        policy.zero_grad()
+        expected_reward(policy(x), r).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=1e-6)
+
+
 # -- a task whose right T is known -------------------------------------------------------------
 def quadrant_task(n: int, seed: int) -> tuple[ArrayDataset, np.ndarray, np.ndarray]:
     """8x8 images lit in quadrant g in {0, 1, 2}; the 'SNN' is right from candidate g on (and never before).
@@ -106,7 +122,7 @@ def test_train_policy_installs_a_policy_that_exports_as_the_default_exit(run_cli
                      "--epochs", "2", "--width", "8", "--downsample", "2", "--quiet", "--json", report)
     assert result.code == 0, result.err
     assert result.err == ""
-    assert "epoch 2/2" in result.out and "installed" in result.out and "the SNN alone: T=1:" in result.out
+    assert "epoch 2/2" in result.out and "installed" in result.out and "the SNN alone on the validation slice: T=1:" in result.out
     spec = read_config(checkpoint).policy
     assert spec["candidates"] == [1, 2, 4] and spec["beta"] == 2.0 and spec["arch"] == "policy_resnet8"
     assert spec["model"]["width"] == 8 and spec["model"]["downsample"] == 2
@@ -165,6 +181,22 @@ def test_a_beta_sweep_trains_one_policy_per_beta_and_installs_none(run_cli, chec
     assert [(r["beta"], r["installed"]) for r in runs] == [(0.5, False), (4.0, False)]
     assert all(r["validation"]["samples"] == 144 for r in runs)
     assert "beta 0.5" in result.out and "beta 4" in result.out and read_config(checkpoint).policy is None
+    # the report: every beta on the validation slice and once on test, beside SEENN-I, with the policy's cost
+    sweep = json.loads(report.read_text())["report"]
+    assert set(sweep["splits"]) == {"validation", "test"}
+    test_split = parse_data_spec("digits").load("test")
+    assert sweep["splits"]["test"]["samples"] == len(test_split) and sweep["splits"]["validation"]["samples"] == 144
+    for split in sweep["splits"].values():
+        assert [p["beta"] for p in split["policies"]] == [0.5, 4.0] and split["seenn_front"]
+        for point in split["policies"]:
+            assert sum(point["shares"]) == pytest.approx(1.0) and point["combined_front"]
+            assert point["effective_timesteps"] == pytest.approx(point["avg_timesteps"] + sweep["cost"]["share_of_step"])
+            assert 0 < point["policy_share_of_energy"] < 1 and point["policy_macs"] == sweep["cost"]["macs"]
+    val_points = {p["beta"]: p for p in sweep["splits"]["validation"]["policies"]}
+    assert {b: r["validation"]["accuracy"] for b, r in zip((0.5, 4.0), runs)} == {
+        b: p["accuracy"] for b, p in val_points.items()}  # the trainer's own validation figures, recomputed
+    assert sweep["cost"]["macs"] > 0 and (checkpoint / "policies" / "report.json").is_file()
+    assert (checkpoint / "policies" / "front.png").is_file()
     installed = run_cli(*args, "--beta", "4", "--resume")
     assert installed.code == 0, installed.err
     assert "already finished" in installed.out and read_config(checkpoint).policy["beta"] == 4.0
@@ -200,3 +232,23 @@ def test_train_policy_refuses_bad_settings_before_any_work(run_cli, checkpoint, 
     result = run_cli("train-policy", checkpoint, *data, *args, "--quiet")
     assert message in result.error()
     assert not (checkpoint / "policies").exists()
+
+
+def test_a_policy_install_cut_short_is_refused_not_run(checkpoint):
+    from safetensors.torch import save_file
+
+    from seenn_deploy.errors import UserError
+    from seenn_deploy.snn.zoo import create_model
+
+    (fit, fit_correct, _), (val, val_correct, _) = quadrant_task(64, 0), quadrant_task(32, 1)
+    config = PolicyConfig(checkpoint, "digits", beta=1.0, candidates=[1, 2, 4], epochs=1, width=4)
+    PolicyTrainer(config, log=lambda s: None, progress=False, data=PolicyData(fit, val, fit_correct, val_correct)).run()
+    spec = read_config(checkpoint).policy
+    assert spec["weights_sha256"] == file_sha256(checkpoint / POLICY_WEIGHTS_FILE)
+    assert load_policy(checkpoint, read_config(checkpoint)) is not None
+    # another install stopped between its two writes: its weights are there, config.json is still the old one
+    torch.manual_seed(1)
+    other = create_model("policy_resnet8", **spec["model"])
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(checkpoint / POLICY_WEIGHTS_FILE))
+    with pytest.raises(UserError, match="cut short.*--resume"):
+        load_policy(checkpoint, read_config(checkpoint))
