@@ -13,9 +13,12 @@ against the TensorRT 10 and 11 Python APIs:
 * fp16 from an fp32 bundle: TensorRT 10 only, a weakly typed network with `BuilderFlag.FP16`
   (TensorRT picks FP16 layer by layer, membranes and exit head included, where the fp16 export keeps
   them in FP32). TensorRT 11 removed the flag: the build refuses and says to export with --precision fp16.
-* int8: a graph with explicit Q/DQ nodes builds strongly typed on both versions. Without them,
-  TensorRT 10's `BuilderFlag.INT8` with an `IInt8EntropyCalibrator2` fed from --calib-data, its cache
-  kept in engines/; TensorRT 11 removed implicit INT8 and the build says so.
+* int8: a graph with explicit Q/DQ nodes (`seenn-deploy export --precision int8`, export/qdq.py) builds
+  strongly typed on both versions, with no INT8 flag and no calibrator: the Q/DQ scales are in the graph
+  (TensorRT 10 fails a strongly typed build that sets a precision flag). An int8 bundle builds int8
+  engines only. From an fp32 bundle: TensorRT 10's `BuilderFlag.INT8` with an
+  `IInt8EntropyCalibrator2` fed from --calib-data, its cache kept in engines/; TensorRT 11 removed
+  implicit INT8 and the build says to export --precision int8.
 
 Why the TensorRT API directly and not Polygraphy's loaders (NetworkFromOnnxPath, CreateConfig,
 EngineBytesFromNetwork, Calibrator), which the project declared once and never imported: what they
@@ -134,6 +137,14 @@ def plan_build(bundle: Path, options: BuildOptions) -> BuildPlan:
         check_writable(options.timing_cache, "--timing-cache", FILE)
     roles = list(manifest.graphs)
     quantized = any(graph_has_qdq(bundle / manifest.graphs[role]) for role in roles)
+    if manifest.precision == "int8":
+        if not quantized:
+            raise UserError(f"{bundle} is an int8 bundle but its graphs carry no Q/DQ nodes: re-export it with "
+                            "`seenn-deploy export CHECKPOINT --precision int8`")
+        if precision != "int8":
+            raise UserError(f"{bundle} is an int8 bundle: its graphs fix their precision (explicit Q/DQ, strongly "
+                            f"typed), so they build int8 engines only; for {precision}, build from an fp32 export "
+                            "(`seenn-deploy export CHECKPOINT --precision fp32`)")
     if manifest.precision == "fp16" and not (precision == "fp16" or (precision == "int8" and quantized)):
         raise UserError(f"{bundle} is an fp16 bundle: its graphs fix their precision (strongly typed FP16), so they "
                         f"build fp16 engines only; for {precision}, build from an fp32 export "
@@ -163,8 +174,8 @@ def network_mode(precision: str, bundle_precision: str, quantized: bool, trt_maj
             raise UserError("TensorRT 11 removed BuilderFlag.FP16: precision comes from the graph. Export an fp16 "
                             "bundle (`seenn-deploy export CHECKPOINT --precision fp16`) and build that")
         raise UserError("TensorRT 11 removed implicit INT8 (BuilderFlag.INT8 and the calibrators): an int8 engine needs "
-                        "a graph with explicit Q/DQ nodes (e.g. quantized with NVIDIA ModelOpt), or TensorRT 10 "
-                        "(JetPack 6 on Jetson)")
+                        "a graph with explicit Q/DQ nodes: export an int8 bundle (`seenn-deploy export CHECKPOINT "
+                        "--precision int8`) and build that, or use TensorRT 10 (JetPack 6 on Jetson)")
     return WEAK_FP16 if precision == "fp16" else CALIBRATED_INT8
 
 

@@ -17,7 +17,9 @@ from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.export.bundle_writer import staged_bundle
 from seenn_deploy.export.encoder_split import MODES as SPLIT_MODES
 from seenn_deploy.export.encoder_split import decide_split
+from seenn_deploy.export.int8 import INT8_WEIGHTS, graph_form, quantized_layers
 from seenn_deploy.export.precision import FP16_WEIGHTS, for_precision
+from seenn_deploy.export.qdq import qdq_rewrite
 from seenn_deploy.export.onnx_export import GraphSpec, check_opset, export_graph
 from seenn_deploy.export.step_module import EncoderModule, StepModule, graph_states
 from seenn_deploy.files import file_sha256, json_text
@@ -40,8 +42,9 @@ class ExportOptions:
     accumulate: str = "mean"
     temperature: float = 1.0
     encoder_split: str = "auto"  # "auto" | "on" | "off" (export/encoder_split.py)
-    fp32_layers: tuple[str, ...] = ()  # fp16 only: more layers kept in FP32 (export/precision.py)
+    fp32_layers: tuple[str, ...] = ()  # fp16 / int8: more layers kept in FP32 (export/precision.py, export/int8.py)
     fp16_weights: str = "pair"  # fp16 only: "pair" (hi + lo) or "single" FP16 weights (export/precision.py)
+    int8_weights: str = "pair"  # int8 only: "pair" (high + low) or "single" INT8 weights (export/int8.py)
     exporter: str = "dynamo"
     force: bool = False
 
@@ -55,12 +58,19 @@ class ExportOptions:
             raise UserError(f"--accumulate {self.accumulate!r} is not one of {', '.join(ACCUMULATIONS)}")
         if not 1e-6 <= self.temperature <= 1e6:
             raise UserError(f"--temperature must be in [1e-6, 1e6], got {self.temperature}")
-        if self.fp32_layers and self.precision != "fp16":
-            raise UserError("--fp32-layers applies to --precision fp16 (an fp32 graph has every layer in FP32)")
+        if self.fp32_layers and self.precision not in ("fp16", "int8"):
+            raise UserError("--fp32-layers applies to --precision fp16 and int8 (an fp32 graph has every layer in FP32)")
         if self.encoder_split not in SPLIT_MODES:
             raise UserError(f"--encoder-split {self.encoder_split!r} is not one of {', '.join(SPLIT_MODES)}")
         if self.fp16_weights not in FP16_WEIGHTS:
             raise UserError(f"--fp16-weights {self.fp16_weights!r} is not one of {', '.join(FP16_WEIGHTS)}")
+        if self.int8_weights not in INT8_WEIGHTS:
+            raise UserError(f"--int8-weights {self.int8_weights!r} is not one of {', '.join(INT8_WEIGHTS)}")
+
+    @property
+    def weights(self) -> str:
+        """The weights' form recorded in the manifest (its fp16_weights field): the int8 one for an int8 export."""
+        return self.int8_weights if self.precision == "int8" else self.fp16_weights
 
 
 @dataclass
@@ -104,8 +114,8 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
         raise UserError(f"timesteps must be >= 1, got {source.timesteps}")
     if len(source.classes) != model.num_classes:
         raise UserError(f"{len(source.classes)} class names for a model with {model.num_classes} outputs")
-    dtype = torch.float32  # graph inputs, outputs and states; FP16 lives inside (see export/precision.py)
-    model = for_precision(model, options.precision, options.fp32_layers, options.fp16_weights)
+    dtype = torch.float32  # graph inputs, outputs and states; FP16 and INT8 live inside (export/precision.py, int8.py)
+    model = for_precision(model, options.precision, options.fp32_layers, options.weights)
     decision = decide_split(model, options.encoder_split, source.event)
     split = decision.split
     channels = model.input_spec.channels
@@ -131,11 +141,13 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
                       temperature=options.temperature, candidates=list(source.candidates)),
         precision=options.precision,
         fp32_layers=list(options.fp32_layers),
-        fp16_weights=options.fp16_weights,
+        fp16_weights=options.weights,
         max_batch=options.max_batch,
         arch=source.arch,
         provenance={**source.provenance, "exporter": f"seenn-deploy {__version__} (torch.onnx, {options.exporter})",
                     "opset": options.opset, "versions": _versions(), "encoder_split": decision.to_dict(),
+                    **({"int8_input_scales": {q.name: q.input_scale for q in quantized_layers(model)}}
+                       if options.precision == "int8" else {}),
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
     )
     if source.policy is not None:
@@ -145,7 +157,9 @@ def export_bundle(source: ExportSource, out: Path, options: ExportOptions | None
     metadata = {METADATA_KEY: json_text(manifest.to_dict())}
 
     def export(module: nn.Module, args: tuple, spec: GraphSpec, path: Path) -> None:
-        export_graph(module, args, spec, path, options.opset, options.max_batch, options.exporter, metadata)
+        with graph_form(module):  # int8: the quantized layers trace plain, then get their Q/DQ nodes (export/qdq.py)
+            export_graph(module, args, spec, path, options.opset, options.max_batch, options.exporter, metadata,
+                         qdq_rewrite(module))
 
     with staged_bundle(out, options.force) as staging:
         if split:

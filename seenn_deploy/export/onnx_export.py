@@ -13,7 +13,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +57,11 @@ def _quiet_exporter():
 
 
 def export_graph(module: nn.Module, args: tuple[Tensor, ...], spec: GraphSpec, path: Path, opset: int,
-                 max_batch: int, exporter: str = "dynamo", metadata: dict[str, str] | None = None) -> None:
-    """Export `module(*args)` to `path` with batch dimension 0 dynamic in 1..max_batch, then check it."""
+                 max_batch: int, exporter: str = "dynamo", metadata: dict[str, str] | None = None,
+                 rewrite: Callable[[object], None] | None = None) -> None:
+    """Export `module(*args)` to `path` with batch dimension 0 dynamic in 1..max_batch, then check it.
+
+    `rewrite(proto)` edits the exported ModelProto in place before the checks (the INT8 export's Q/DQ nodes)."""
     onnx = require("onnx", "ONNX export")
     if exporter not in EXPORTERS:
         raise UserError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
@@ -82,6 +85,8 @@ def export_graph(module: nn.Module, args: tuple[Tensor, ...], spec: GraphSpec, p
                               do_constant_folding=True)
             proto = onnx.load_from_string(buffer.getvalue())
     _rename_batch_dim(proto)
+    if rewrite is not None:
+        rewrite(proto)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -131,6 +131,14 @@ def apply_fp16(model: SpikingModel, fp32_layers: Sequence[str] = (), weights: st
 
 def for_precision(model: SpikingModel, precision: str, fp32_layers: Sequence[str] = (),
                   fp16_weights: str = "pair") -> SpikingModel:
-    """An eval-mode FP32 copy of `model` laid out for `precision` ('fp32' or 'fp16'); the original is untouched."""
+    """An eval-mode FP32 copy of `model` laid out for `precision` ('fp32', 'fp16' or 'int8': export/int8.py); the
+    original is untouched. The int8 layout is the torch reference of an int8 bundle (verify, the torch backend);
+    `fp16_weights` is then the INT8 weights' form (pair or single, the manifest's field of that name)."""
     model = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
-    return apply_fp16(model, fp32_layers, fp16_weights) if precision == "fp16" else model
+    if precision == "fp16":
+        return apply_fp16(model, fp32_layers, fp16_weights)
+    if precision == "int8":
+        from seenn_deploy.export.int8 import apply_int8
+
+        return apply_int8(model, fp32_layers, fp16_weights)
+    return model

@@ -75,7 +75,7 @@ def test_precision_rules_of_tensorrt_10_and_11():
     assert network_mode("int8", "fp32", False, 10) == CALIBRATED_INT8
     with pytest.raises(UserError, match="TensorRT 11 removed BuilderFlag.FP16.*--precision fp16"):
         network_mode("fp16", "fp32", False, 11)
-    with pytest.raises(UserError, match="TensorRT 11 removed implicit INT8.*Q/DQ"):
+    with pytest.raises(UserError, match="TensorRT 11 removed implicit INT8.*Q/DQ.*--precision int8"):
         network_mode("int8", "fp32", False, 11)
 
 
@@ -317,6 +317,41 @@ def test_an_fp16_bundle_builds_strongly_typed_without_precision_flags(bundle, fa
         assert network.flags == (1 << 1 if version.startswith("10.") else 0)
 
 
+@pytest.fixture(scope="module")
+def int8_bundle(digits_checkpoint, tmp_path_factory):
+    from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
+
+    out = tmp_path_factory.mktemp("int8") / "digits.int8.seenn"
+    export_checkpoint(digits_checkpoint, out, ExportOptions(precision="int8", encoder_split="on", max_batch=64))
+    return out
+
+
+def test_an_int8_bundle_builds_strongly_typed_without_a_flag_or_calibrator(int8_bundle, fake_build, tmp_path):
+    bundle = shutil.copytree(int8_bundle, tmp_path / "b")
+    assert graph_has_qdq(bundle / "step.onnx") and not graph_has_qdq(bundle / "encoder.onnx")
+    for version in ("10.3.0", "11.0.1"):
+        trt, cudart = fake_build(version)  # the stand-in fails a strongly typed build that sets INT8
+        engines = build_engines(bundle, BuildOptions(), quiet)
+        assert [e.meta.role for e in engines] == ["step", "encoder"] and cudart.copies == []  # nothing calibrated
+        for engine, (network, config) in zip(engines, trt.built):
+            assert network.flags == (1 << 1 if version.startswith("10.") else 0) and config.flags == set()
+            assert engine.meta.precision == "int8" and engine.meta.build["network"] == STRONG
+            assert engine.plan.name.startswith(f"{engine.meta.role}.int8.") and config.calibration_profile is None
+        shutil.rmtree(bundle / ENGINES_DIR)
+
+
+def test_an_int8_bundle_builds_int8_only_and_needs_its_qdq_nodes(int8_bundle, bundle, tmp_path, run_cli, no_tensorrt):
+    copy = shutil.copytree(int8_bundle, tmp_path / "b")
+    for precision in ("fp32", "fp16"):
+        line = run_cli("build", copy, "--precision", precision).error()
+        assert "is an int8 bundle" in line and "build int8 engines only" in line
+    assert "--calib-data goes with" in run_cli("build", copy, "--calib-data", "digits").error()
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps({**manifest, "precision": "int8"}))  # an fp32 graph called int8
+    assert "carry no Q/DQ nodes" in run_cli("build", bundle).error()
+    assert not (copy / ENGINES_DIR).exists() and not (bundle / ENGINES_DIR).exists()
+
+
 def test_the_stand_in_fails_a_precision_flag_on_a_strongly_typed_network(fake_build):
     trt, _ = fake_build("10.3.0")
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
@@ -445,7 +480,7 @@ def gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_real_engines_predict_as_onnx_runtime(gpu, precision, request, run_cli, tmp_path):
     from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
     from seenn_deploy.runtime import Runtime
