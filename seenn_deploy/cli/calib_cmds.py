@@ -102,6 +102,9 @@ def _calibrate(bundle: Path, folder: Path, plan, target, metric: str, backend: s
         caps = [_policy_caps(bundle, backend, samples, manifest, where, batch_size) if samples else None
                 for samples in (plan.choice, plan.test if test is not None else None)]
         report.policy = policy_analysis(choice, test, caps[0], caps[1], metric, target)
+        report.policy["cost"], why = _policy_cost(bundle, backend, plan.choice, manifest, where)
+        if why:
+            report.warnings.append(why)
     if plots:
         from seenn_deploy.calib.plots import make_plots
 
@@ -125,6 +128,17 @@ def _policy_caps(bundle: Path, backend: str, samples, manifest, where: str, batc
     with Runtime.from_bundle(bundle, backend=backend, exit="policy") as runtime:
         return np.concatenate([runtime.exit.budgets(runtime.prepare(data.x[i: i + batch_size]), manifest.timesteps)
                                for i in range(0, len(data), batch_size)])
+
+
+def _policy_cost(bundle: Path, backend: str, samples, manifest, where: str) -> tuple[dict | None, str | None]:
+    """The policy's MACs against one SNN timestep and its time per sample on this backend (profile/policy_cost.py),
+    or (None, why not)."""
+    from seenn_deploy.profile.policy_cost import bench_policy_cost
+    from seenn_deploy.runtime.api import Runtime
+
+    data = samples.load(manifest.num_classes, manifest.classes, where)
+    with Runtime.from_bundle(bundle, backend=backend, exit="policy") as runtime:
+        return bench_policy_cost(runtime, data.x, None)
 
 
 def _fixed_line(fixed: list[dict]) -> str:
@@ -205,6 +219,10 @@ def _print_policy(policy: dict, chosen_on: str) -> None:
         echo(f"  chosen {c['exit']}: {_percent(c['accuracy'])} at {c['avg_timesteps']:.3f} average timesteps")
     elif policy.get("unreachable"):
         echo(f"  policy+confidence: {policy['unreachable']}")
+    if policy.get("cost"):
+        from seenn_deploy.profile.policy_cost import policy_cost_line
+
+        echo(f"  {policy_cost_line(policy['cost'])}")
     test = policy.get("test")
     if test:
         echo(f"  on test: policy {_percent(test['policy']['accuracy'])} at {test['policy']['avg_timesteps']:.3f}"

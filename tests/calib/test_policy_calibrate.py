@@ -44,6 +44,9 @@ def test_calibrate_chooses_policy_confidence_on_its_own_sweep_and_the_runtime_ag
     policy = json.loads(out.read_text())["policy"]
     chosen, on_test = policy["chosen"], policy["test"]["chosen"]
     assert "SEENN-II policy exit:" in result.out and f"chosen {chosen['exit']}" in result.out
+    cost = policy["cost"]  # the policy's price beside the SNN's: MACs against one timestep, time per sample
+    assert cost["macs"] > 0 and cost["share_of_step"] == pytest.approx(cost["macs"] / cost["snn_step_macs"])
+    assert cost["ms_per_sample"] > 0 and f"policy: {cost['macs']:,} MACs" in result.out
     manifest = read_manifest(policy_bundle)
     assert manifest.exit.kind == "policy" and manifest.exit.alpha == pytest.approx(chosen["alpha"])
     full = json.loads(out.read_text())["choice"]["fixed"][-1]["accuracy"]
