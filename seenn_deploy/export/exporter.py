@@ -66,6 +66,11 @@ class ExportOptions:
             raise UserError(f"--fp16-weights {self.fp16_weights!r} is not one of {', '.join(FP16_WEIGHTS)}")
         if self.int8_weights not in INT8_WEIGHTS:
             raise UserError(f"--int8-weights {self.int8_weights!r} is not one of {', '.join(INT8_WEIGHTS)}")
+        for option, value, applies in (("--fp16-weights", self.fp16_weights, "fp16"),
+                                       ("--int8-weights", self.int8_weights, "int8")):
+            if value != "pair" and self.precision != applies:  # "pair" is the default: given or not, it is harmless
+                raise UserError(f"{option} {value} applies to --precision {applies} only, not {self.precision}: "
+                                f"drop it, or export with --precision {applies}")
 
     @property
     def weights(self) -> str:

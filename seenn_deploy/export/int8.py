@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.export.precision import _layer_lists, fold_batchnorms, weighted_layers
+from seenn_deploy.export.precision import fold_batchnorms, replace_layers, weighted_layers
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.neurons import SpikingNeuron
 
@@ -176,6 +176,10 @@ class QuantCompute(nn.Module):
             raise InternalError(f"QuantCompute takes a Conv2d or Linear, got {type(layer).__name__}")
         if weights not in INT8_WEIGHTS:
             raise UserError(f"--int8-weights {weights!r} is not one of {', '.join(INT8_WEIGHTS)}")
+        if weights == "pair" and isinstance(layer, nn.Conv2d) and layer.groups > 1:  # see qdq.insert_qdq
+            raise UserError(f"{name} is a grouped Conv2d (groups={layer.groups}), which --int8-weights pair does not "
+                            f"support (the graph computes a pair as extra output channels of one conv): export with "
+                            f"--int8-weights single, or keep it in FP32 with --fp32-layers {name}")
         q, low, scale = quantize_pair(layer.weight)
         self.name = name
         self.kind = "conv" if isinstance(layer, nn.Conv2d) else "linear"
@@ -223,12 +227,7 @@ def apply_int8(model: SpikingModel, fp32_layers: Sequence[str] = (), weights: st
     """In place, on an FP32 eval-mode copy: BN folded, the `int8_plan` layers as QuantCompute, the rest FP32."""
     fold_batchnorms(model.body)
     plan = int8_plan(model, fp32_layers)
-    names = {id(m): name for name, m in weighted_layers(model).items() if name in plan}
-    for layers in _layer_lists(model.body):
-        for i, layer in enumerate(layers):
-            if id(layer) in names:
-                name = names[id(layer)]
-                layers[i] = QuantCompute(layer, name, plan[name], weights)
+    replace_layers(model, list(plan), lambda name, layer: QuantCompute(layer, name, plan[name], weights))
     return model
 
 

@@ -31,13 +31,13 @@ rounding but not the outputs'. The torch backend runs real FP16 operations.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from seenn_deploy.errors import UserError
+from seenn_deploy.errors import InternalError, UserError
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.state import SpikingSequential
 
@@ -98,6 +98,28 @@ def weighted_layers(model: SpikingModel) -> dict[str, nn.Module]:
     return {f"body.{name}": m for name, m in model.body.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
+def replace_layers(model: SpikingModel, names: Sequence[str], wrap: Callable[[str, nn.Module], nn.Module]) -> None:
+    """In place: each body layer named in `names` (weighted_layers' qualified names) replaced by wrap(name, layer)
+    wherever the model holds it, whatever holds it (Sequential, ModuleList, ModuleDict as NIRBody's, a plain
+    attribute). InternalError when a name is not a layer of the body or is not replaced, so a precision is never
+    recorded for a graph that does not have it."""
+    layers = weighted_layers(model)
+    missing = [name for name in names if name not in layers]
+    if missing:
+        raise InternalError(f"{', '.join(missing)}: not a Conv2d or Linear of the model's body")
+    wrapped = {id(layers[name]): wrap(name, layers[name]) for name in names}
+    places = [(path, m) for path, m in model.body.named_modules(remove_duplicate=False) if id(m) in wrapped and path]
+    for path, layer in places:  # a layer shared by two parents is replaced in both, by one wrapper
+        parent_path, _, key = path.rpartition(".")
+        parent = model.body.get_submodule(parent_path)
+        if parent._modules.get(key) is not layer:
+            raise InternalError(f"body.{path}: not found as child {key!r} of its parent")
+        parent._modules[key] = wrapped[id(layer)]
+    replaced = len({id(layer) for _, layer in places})
+    if replaced != len(set(names)):
+        raise InternalError(f"replaced {replaced} of the {len(set(names))} planned layers")
+
+
 def fp16_layers(model: SpikingModel, fp32_layers: Sequence[str] = ()) -> list[str]:
     """Names of the layers an FP16 export runs in FP16: the body's Conv2d and Linear layers but the classifier
     (the last Linear), the analog-input layer where the encoder is empty (foreign models keep their first
@@ -121,11 +143,7 @@ def apply_fp16(model: SpikingModel, fp32_layers: Sequence[str] = (), weights: st
     if weights not in FP16_WEIGHTS:
         raise UserError(f"--fp16-weights {weights!r} is not one of {', '.join(FP16_WEIGHTS)}")
     fold_batchnorms(model.body)
-    half = {id(m) for name, m in weighted_layers(model).items() if name in set(fp16_layers(model, fp32_layers))}
-    for layers in _layer_lists(model.body):
-        for i, layer in enumerate(layers):
-            if id(layer) in half:
-                layers[i] = HalfCompute(layer, weights)
+    replace_layers(model, fp16_layers(model, fp32_layers), lambda _name, layer: HalfCompute(layer, weights))
     return model
 
 

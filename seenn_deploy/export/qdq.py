@@ -18,7 +18,8 @@ fusions (level 2) run; subtracting the negated bias is bitwise the same sum and 
 
 With pair weights (int8.py) the low weights are more output channels of the same op (scale / 254;
 the bias goes with the high ones), and Split + Add sums the halves in FP32: one INT8 kernel of
-twice the width. Two ops on one Q/DQ'd input would be the same work, but ONNX Runtime then fuses
+twice the width (so not for a grouped Conv, whose extra channels would read other input groups:
+refused). Two ops on one Q/DQ'd input would be the same work, but ONNX Runtime then fuses
 neither into its integer kernel (measured, 1.32).
 
 Why not ONNX Runtime's `quantize_static` or ModelOpt: both choose activation scales from
@@ -68,6 +69,9 @@ def insert_qdq(proto, layers: dict[str, LayerQuant]) -> None:
         if not conv and not (node.op_type == "Gemm" and _plain_linear(node)):
             raise InternalError(f"{layer.name}: exported as {node.op_type} ({_attrs(node)}), not a Conv or a Gemm with "
                                 "transB=1")
+        if conv and layer.weight_low is not None and _attrs(node).get("group", 1) != 1:
+            raise InternalError(f"{layer.name}: pair weights on a grouped Conv: the low channels would read the wrong "
+                                "input group (int8.QuantCompute refuses this)")
         p = layer.name
         parts = [layer.weight] if layer.weight_low is None else [layer.weight, layer.weight_low]
         scales = [layer.weight_scale] if layer.weight_low is None else [layer.weight_scale, layer.low_scale]

@@ -44,8 +44,10 @@ TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2), "int8": (0.99, 1e-2)}
 HINT_MIN_FLIP_RATE = 1e-6
 REFERENCE_FILE = "reference.npz"
 # Foreign bundles have no spike check (the framework's neurons are not the graph's): a sample whose accumulated
-# logits differ from the framework's by more than this at some t counts as a mismatch.
-LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+# logits differ from the framework's by more than this at some t counts as a mismatch. INT8 as FP16: with no spike
+# flipped, rounded weights move the logits by 1e-4 (pair) to 1e-2 (single) on the snnTorch net of
+# tests/export/test_verify_foreign.py; a flip moves them by about a weight (0.2-0.6 there) and counts.
+LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "int8": 5e-2}
 
 
 @dataclass

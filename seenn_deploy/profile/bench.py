@@ -340,6 +340,7 @@ def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | No
         if settings.power == "auto" and power is None:
             report.notes.append("measured energy is absent: " + ("the step graph runs on the CPU and this is no Jetson"
                                                                  if gpu is None else f"NVML cannot read GPU {gpu}"))
+        measured_exit = runtime.exit  # --compare fixed replaces it below; the policy's cost belongs to this one
         try:
             report.runs.append(measure(runtime, x, labels, settings, power))
             if settings.compare_fixed:
@@ -361,7 +362,7 @@ def run_bench(target: BenchTarget | Path, x: np.ndarray, labels: np.ndarray | No
             report.notes.append(why)
         from seenn_deploy.profile.policy_cost import bench_policy_cost
 
-        report.policy_cost, why = bench_policy_cost(runtime, x, report.energy_estimate)
+        report.policy_cost, why = bench_policy_cost(runtime, x, report.energy_estimate, measured_exit)
         if why:
             report.notes.append(why)
     return report

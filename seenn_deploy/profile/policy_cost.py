@@ -10,13 +10,17 @@ The paper's reference point: ResNet-8 on ResNet-19 is 0.547 % of one timestep's 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from seenn_deploy.profile.energy_costs import E_MAC_PJ
+
+if TYPE_CHECKING:
+    from seenn_deploy.runtime.exit import ExitPolicy
 
 __all__ = ["PolicyCost", "bench_policy_cost", "policy_cost", "policy_cost_line", "snn_step_macs", "time_per_sample"]
 
@@ -77,12 +81,8 @@ def policy_cost(policy, input_shape: tuple[int, ...], step_macs: int, ms_per_sam
 
     from seenn_deploy.snn.macs import module_macs
 
-    was_training = policy.training
-    policy.eval()
-    try:
+    with _evaluating(policy):
         macs = module_macs(policy, torch.zeros((1, *input_shape)))
-    finally:
-        policy.train(was_training)
     return PolicyCost(macs, step_macs, ms_per_sample, snn_energy_pj)
 
 
@@ -102,15 +102,19 @@ def time_per_sample(run: Callable[[np.ndarray], Any], x: np.ndarray, batch: int,
     return (time.perf_counter() - started) / samples
 
 
-def bench_policy_cost(runtime, x: np.ndarray, energy_estimate: dict | None) -> tuple[dict | None, str | None]:
+def bench_policy_cost(runtime, x: np.ndarray, energy_estimate: dict | None,
+                      exit_policy: ExitPolicy | None = None) -> tuple[dict | None, str | None]:
     """For `bench`: the cost of the bundle's policy graph (time measured on this runtime's executor, MACs from
-    the source checkpoint's policy), or (None, why not). x: raw samples; energy_estimate: EnergyEstimate.to_dict()."""
-    if runtime.policy is None:
+    the source checkpoint's policy), or (None, why not). x: raw samples; energy_estimate: EnergyEstimate.to_dict();
+    exit_policy: the exit that was measured (default: the runtime's). (None, None) unless that exit runs the
+    policy (policy, policy+confidence): the runtime opens policy.onnx whenever the bundle has one, and a cost the
+    run never paid would misstate its energy, and take half a second to time."""
+    from seenn_deploy.runtime.exit import Policy
+
+    if runtime.policy is None or not isinstance(runtime.exit if exit_policy is None else exit_policy, Policy):
         return None, None
     from seenn_deploy.runtime.manifest import X
 
-    prepared = runtime.prepare(x[:256])
-    seconds = time_per_sample(lambda block: runtime.policy.run({X: block}), prepared, runtime.batch)
     checkpoint = runtime.manifest.provenance.get("checkpoint")
     if not checkpoint or not Path(checkpoint).exists():
         return None, "the policy's MACs need the source checkpoint, which the bundle does not point to here"
@@ -122,6 +126,8 @@ def bench_policy_cost(runtime, x: np.ndarray, energy_estimate: dict | None) -> t
     loaded = load_policy(Path(checkpoint), config)
     if loaded is None:
         return None, f"the source checkpoint {checkpoint} holds no policy any more"
+    prepared = runtime.prepare(x[:256])  # timed only once the MACs are known to be countable
+    seconds = time_per_sample(lambda block: runtime.policy.run({X: block}), prepared, runtime.batch)
     step = snn_step_macs(snn)
     energy = None if energy_estimate is None else 1e6 * energy_estimate["total_uj_per_sample"]
     cost = policy_cost(loaded[0], snn.input_spec.shape, step, 1e3 * seconds, energy)
@@ -131,24 +137,20 @@ def bench_policy_cost(runtime, x: np.ndarray, energy_estimate: dict | None) -> t
 def snn_step_macs(snn) -> int:
     """Dense MACs of one SNN timestep per sample: every Conv2d / Linear as if all its inputs were non-zero."""
     import torch
-    from torch import nn
 
-    from seenn_deploy.snn.macs import layer_macs
+    from seenn_deploy.snn.macs import module_macs
 
-    total = 0
+    with _evaluating(snn):
+        return module_macs(snn, torch.zeros((1, *snn.input_spec.shape)), timesteps=1)
 
-    def hook(layer, inputs, out):
-        nonlocal total
-        total += layer_macs(layer, out)
 
-    was_training = snn.training
-    snn.eval()
-    handles = [m.register_forward_hook(hook) for m in snn.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+@contextmanager
+def _evaluating(module) -> Iterator[None]:
+    """`module` in eval mode (the graph as exported: dropout off, batch norm on its running statistics), its
+    mode restored after."""
+    was_training = module.training
+    module.eval()
     try:
-        with torch.no_grad():
-            snn(torch.zeros((1, *snn.input_spec.shape)), timesteps=1)
+        yield
     finally:
-        for h in handles:
-            h.remove()
-        snn.train(was_training)
-    return total
+        module.train(was_training)

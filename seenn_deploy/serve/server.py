@@ -102,6 +102,7 @@ def find_installation(binary: Path | None = None) -> Installation:
         binary = Path(binary)
         if not binary.is_file() or not os.access(binary, os.X_OK):
             raise UserError(f"--tritonserver {binary} is not an executable file")
+        binary = Path(os.path.abspath(binary))  # the server runs in its scratch folder: a relative path would not hold
         return Installation(binary=binary, source=str(binary))
     on_path = shutil.which("tritonserver")
     if on_path:
@@ -144,8 +145,20 @@ class Ports:
         return [("http", self.http), ("grpc", self.grpc), ("metrics", self.metrics)]
 
 
+def address_family(address: str) -> socket.AddressFamily:
+    """The socket family a server listening on `address` binds with; UserError naming --address where it does not
+    resolve (a mistyped host name)."""
+    try:
+        found = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name no DNS label can spell ('a..b')
+        why = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        raise UserError(f"--address {address!r} cannot be resolved ({why}): give an address of this machine, e.g. "
+                        "0.0.0.0 (every interface), 127.0.0.1 (this machine only) or ::1") from None
+    return found[0][0]
+
+
 def _bind_probe(address: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(address_family(address), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
     try:
         sock.bind((address, port))
@@ -167,24 +180,26 @@ def port_free(port: int, address: str = "0.0.0.0") -> bool:
 
 
 def resolve_ports(http: int, grpc: int, metrics: int, address: str = "0.0.0.0") -> Ports:
-    """Ports to start on: 0 becomes a free port; a given port already bound is a UserError naming its option."""
+    """Ports to start on: 0 becomes a free port; a given port already bound is a UserError naming its option, an
+    address that does not resolve or is not this machine's one naming --address."""
+    address_family(address)  # a name that does not resolve is the address's fault, not a port's
     chosen: dict[str, int] = {}
     held = []
     try:
         for option, port in (("--http-port", http), ("--grpc-port", grpc), ("--metrics-port", metrics)):
             if port and port in chosen.values():
                 raise UserError(f"{option} {port} is given to two endpoints: give each its own port (0: a free one)")
-            if port == 0:
-                sock = _bind_probe(address, 0)
-                held.append(sock)  # held until all are chosen, so the three differ
-                port = sock.getsockname()[1]
-            else:
-                try:
-                    held.append(_bind_probe(address, port))
-                except OSError as exc:
-                    why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
-                    raise UserError(f"{option} {port} {why} on {address}: stop what holds it, or choose another "
-                                    "port (0: a free one)") from None
+            try:
+                sock = _bind_probe(address, port)
+            except OSError as exc:
+                if port == 0 or exc.errno == errno.EADDRNOTAVAIL:  # any port would fail: the address is at fault
+                    raise UserError(f"--address {address} cannot be listened on ({exc.strerror}): give an address "
+                                    "of this machine, e.g. 0.0.0.0 (every interface) or 127.0.0.1") from None
+                why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+                raise UserError(f"{option} {port} {why} on {address}: stop what holds it, or choose another "
+                                "port (0: a free one)") from None
+            held.append(sock)  # held until all are chosen, so three free ports differ
+            port = sock.getsockname()[1]
             chosen[option] = port
     finally:
         for sock in held:
@@ -218,7 +233,10 @@ class TritonServer:
     # -- what it serves --------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return "localhost" if self.address in ("0.0.0.0", "::", "127.0.0.1") else self.address
+        """The host part of the endpoints' URLs: an IPv6 address in brackets (RFC 3986), as clients parse it."""
+        if self.address in ("0.0.0.0", "::", "127.0.0.1"):
+            return "localhost"
+        return f"[{self.address}]" if ":" in self.address else self.address
 
     def endpoints(self) -> dict[str, str]:
         """URLs of the HTTP and gRPC inference endpoints and of the Prometheus metrics."""
@@ -274,9 +292,17 @@ class TritonServer:
         self._prepare_backends()
         command = self.command()
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=self.environment(), cwd=self.workdir, start_new_session=True,
-                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                            stderr=subprocess.STDOUT, env=self.environment(), cwd=self.workdir,
+                                            start_new_session=True,
+                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        except BaseException as exc:
+            self._close_log()
+            if isinstance(exc, OSError):  # not a program (Exec format error), a missing interpreter, a noexec mount
+                raise UserError(f"tritonserver {self.installation.binary} cannot be run ({exc.strerror or exc}): "
+                                "pass a Triton Inference Server binary with --tritonserver FILE") from None
+            raise
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """What the log says went wrong, on one line: from Triton's last `error:` line on, else its error lines
@@ -327,7 +353,8 @@ class TritonServer:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM the server, wait for it, SIGKILL what is left of its session; the exit code (None: never started)."""
         process = self.process
-        if process is None:
+        if process is None:  # never started, or its start failed: only the log to close
+            self._close_log()
             return None
         try:
             if process.poll() is None:
@@ -339,10 +366,13 @@ class TritonServer:
                     process.wait()
             _end_group(process.pid)  # stubs the server left behind (it waits for them, unless it was killed)
         finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            self._close_log()
         return process.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> "TritonServer":
         return self

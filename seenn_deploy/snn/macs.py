@@ -15,8 +15,9 @@ def layer_macs(layer: nn.Module, out: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def module_macs(module: nn.Module, sample: torch.Tensor) -> int:
-    """MACs per sample of every Conv2d / Linear inside `module` on `sample` [B, ...]."""
+def module_macs(module: nn.Module, sample: torch.Tensor, **call_kwargs) -> int:
+    """MACs per sample of every Conv2d / Linear inside `module` on `sample` [B, ...], in the module's current
+    mode; call_kwargs go to the call (e.g. timesteps=1: one step of an SNN)."""
     total = 0
 
     def hook(layer, inputs, out):
@@ -25,7 +26,7 @@ def module_macs(module: nn.Module, sample: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        module(sample)
+        module(sample, **call_kwargs)
     finally:
         for h in handles:
             h.remove()

@@ -94,10 +94,12 @@ def load_run_policy(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def cached_logits(checkpoint: Path, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
     """The frozen SNN's per-step logits on one set of rows, from CHECKPOINT/policies/snn_logits_<split>.npz when
-    it was made for the same `key` (split, SNN weights' sha256, rows, timesteps), else `compute()`, stored.
+    it was made for the same `key` (split, SNN weights' sha256, rows' name, count and content sha256, timesteps),
+    else `compute()`, stored.
 
     The SNN is frozen while policies train, so one pass over the rows serves every beta, a later
-    --resume and the report; the key keeps a fine-tuned SNN or other rows from reading stale answers."""
+    --resume and the report; the key keeps a fine-tuned SNN or other rows (a data file rewritten under
+    the same name included) from reading stale answers."""
     path = Path(checkpoint) / RUNS_DIR / f"{LOGITS_FILE}_{key['split']}.npz"
     stamp = json.dumps(key, sort_keys=True)
     if path.is_file():

@@ -220,3 +220,55 @@ def test_int8_options_are_checked(digits_checkpoint, tmp_path):
     assert manifest.fp16_weights == "single" and manifest.fp32_layers == ["body.layers.9"]
     assert check_qdq_layout(onnx.load(str(tmp_path / "c" / "step.onnx"))) == 2  # the classifier kept in FP32
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def grouped_model() -> torch.nn.Module:
+    """spiking_cnn (8x8, untrained) with its hidden conv grouped (groups=2), scaled so that every LIF fires."""
+    torch.manual_seed(0)
+    model = create_model("spiking_cnn", num_classes=3, in_channels=1, image_size=8)
+    model.body.layers[2] = torch.nn.Conv2d(16, 32, 3, padding=1, groups=2, bias=False)
+    with torch.no_grad():
+        model.encoder[0].weight.mul_(3.0)
+        model.body.layers[2].weight.mul_(3.0)
+        model.body.layers[7].weight.mul_(8.0)
+    return model.eval()
+
+
+def test_grouped_conv_pair_is_refused_and_single_computes_the_torch_int8_layout(tmp_path):
+    """A pair is one conv of twice the output channels: with groups > 1 the low channels would read the wrong input
+    group, so the pair is refused by name; single keeps the groups and the bundle computes the torch layout."""
+    from seenn_deploy.data import Normalisation
+    from seenn_deploy.export.exporter import ExportSource, export_bundle
+    from seenn_deploy.export.verify import reference_trace
+    from seenn_deploy.runtime.executors.ort import OrtExecutor
+    from seenn_deploy.runtime.loop import run_timesteps
+
+    model = grouped_model()
+    source = ExportSource(model=model, timesteps=3, classes=["a", "b", "c"])
+    with pytest.raises(UserError, match=r"body\.layers\.2 is a grouped Conv2d \(groups=2\).*--int8-weights single"):
+        export_bundle(source, tmp_path / "pair", ExportOptions(precision="int8"))
+    assert not (tmp_path / "pair").exists()
+    manifest = export_bundle(source, tmp_path / "single", ExportOptions(precision="int8", int8_weights="single"))
+    assert "body.layers.2" in manifest.provenance["int8_input_scales"]
+    assert check_qdq_layout(onnx.load(str(tmp_path / "single" / "step.onnx"))) == 3
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)).numpy()
+    norm = Normalisation((0.0,), (1.0,))
+    laid_out, spikes = reference_trace(for_precision(model, "int8", fp16_weights="single"), x, norm, 3, 64)
+    rates = [float((s != 0).mean()) for s in spikes.values()]
+    assert all(0.01 < r < 0.99 for r in rates), rates  # the grouped conv's input and output layers fire
+    with OrtExecutor(tmp_path / "single" / "step.onnx") as step:
+        trace = run_timesteps(manifest, step, x, 3, None, 64)
+    np.testing.assert_allclose(trace.logits, laid_out, rtol=0, atol=2e-5)
+    assert float(np.abs(laid_out[-1] - laid_out[-1].mean(0)).max()) > 1e-3  # the logits depend on the input
+
+
+def test_weights_options_of_another_precision_are_refused(digits_checkpoint, tmp_path):
+    """--int8-weights / --fp16-weights would otherwise be ignored silently: a non-default value needs its precision."""
+    refused = [(ExportOptions(precision="fp32", int8_weights="single"), "--int8-weights single .* int8 only, not fp32"),
+               (ExportOptions(precision="fp16", int8_weights="single"), "--int8-weights single .* int8 only, not fp16"),
+               (ExportOptions(precision="int8", fp16_weights="single"), "--fp16-weights single .* fp16 only, not int8")]
+    for options, fragment in refused:
+        with pytest.raises(UserError, match=fragment):
+            export_checkpoint(digits_checkpoint, tmp_path / "b", options)
+    assert not (tmp_path / "b").exists()
+    ExportOptions(precision="fp16", fp16_weights="single", int8_weights="pair").check()  # the defaults stay accepted

@@ -11,6 +11,7 @@ all the same).
 from __future__ import annotations
 
 import importlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -506,3 +507,71 @@ def test_without_nir_the_error_names_the_extra(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert "pip install 'seenn-deploy[nir]'" in result.stdout, result.stderr
+
+
+# -- reduced precision ------------------------------------------------------------------------
+def three_layer_graph():
+    """Input [16] -> fc1 -> lif1 -> fc2 -> lif2 -> fc3 -> li -> Output [4]: fc1 reads the analog input, fc2 and
+    fc3 read spikes, the output is the LI's membrane. Weights scaled so that both LIFs fire on rand * 2 inputs."""
+    g = np.random.default_rng(0)
+
+    def affine(n_out: int, n_in: int, gain: float):
+        return nir.Affine(weight=(g.standard_normal((n_out, n_in)) * gain / np.sqrt(n_in)).astype(np.float32),
+                          bias=(g.standard_normal(n_out) * 0.1).astype(np.float32))
+
+    def lif(n: int):
+        ones = np.ones(n, np.float32)
+        return nir.LIF(tau=ones * 2.0, r=ones * 2.0, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
+
+    ones = np.ones(4, np.float32)
+    nodes = {"input": nir.Input(np.array([16])), "fc1": affine(12, 16, 2.0), "lif1": lif(12),
+             "fc2": affine(10, 12, 3.0),
+             "lif2": lif(10), "fc3": affine(4, 10, 1.0), "li": nir.LI(tau=ones * 2.0, r=ones * 2.0, v_leak=0 * ones),
+             "output": nir.Output(np.array([4]))}
+    names = list(nodes)
+    return nir.NIRGraph(nodes=nodes, edges=list(itertools.pairwise(names)), type_check=False)
+
+
+def test_int8_and_fp16_reach_the_layers_of_a_nir_graph(tmp_path):
+    """NIRBody holds its layers in a ModuleDict: the INT8 and FP16 layouts replace them there (before, they only
+    looked inside Sequentials, and the bundle said int8 / fp16 with every layer in FP32)."""
+    from seenn_deploy.data import Normalisation
+    from seenn_deploy.export.int8 import quantized_layers
+    from seenn_deploy.export.precision import HalfCompute, for_precision
+    from seenn_deploy.export.qdq import check_qdq_layout
+    from seenn_deploy.export.verify import reference_trace
+
+    graph = three_layer_graph()
+    model = nir_model(graph, (1, 1, 16))
+    x = (torch.rand(64, 1, 1, 16, generator=torch.Generator().manual_seed(0)) * 2).numpy()
+    _, spikes = reference_trace(model, x, Normalisation((0.0,), (1.0,)), T, 64)
+    rates = [float(s.mean()) for s in spikes.values()]
+    assert len(rates) == 2 and all(0.01 < r < 0.99 for r in rates), rates
+
+    manifest = export_nir_graph(graph, tmp_path / "int8", input_shape=(1, 1, 16), timesteps=T,
+                                options=ExportOptions(max_batch=64, precision="int8"))
+    assert manifest.provenance["int8_input_scales"] == {"body.nodes.fc2": 1.0, "body.nodes.fc3": 1.0}
+    laid_out = for_precision(model, "int8")
+    assert [q.name for q in quantized_layers(laid_out)] == ["body.nodes.fc2", "body.nodes.fc3"]
+    assert check_qdq_layout(onnx_load(tmp_path / "int8" / "step.onnx")) == 2
+    expected, _ = reference_trace(laid_out, x, Normalisation((0.0,), (1.0,)), T, 64)
+    logits, _ = run_bundle(tmp_path / "int8", torch.from_numpy(x))
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=2e-5)
+    fp32, _ = reference_trace(model, x, Normalisation((0.0,), (1.0,)), T, 64)
+    assert float(np.abs(expected - fp32).max()) > 0  # the weights were rounded: the layout is not the FP32 model
+
+    export_nir_graph(graph, tmp_path / "fp16", input_shape=(1, 1, 16), timesteps=T,
+                     options=ExportOptions(max_batch=64, precision="fp16"))
+    half_layers = [n for n, m in for_precision(model, "fp16").named_modules() if isinstance(m, HalfCompute)]
+    assert half_layers == ["body.nodes.fc2"]
+    import onnx
+
+    half = [i.name for i in onnx_load(tmp_path / "fp16" / "step.onnx").graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(half) == 4, half  # fc2's weight and bias, as hi and lo
+
+
+def onnx_load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))

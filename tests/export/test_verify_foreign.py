@@ -287,3 +287,32 @@ def test_bad_factory_options_are_refused(factory_dir, args, fragment, run_cli, t
 def test_factory_options_without_factory_are_refused(run_cli, tmp_path):
     result = run_cli("export", tmp_path / "ckpt", "--readout", "membrane", "--out", tmp_path / "b")
     assert "--readout go with --factory" in result.error()
+
+
+def test_verify_checks_an_int8_foreign_bundle(tmp_path):
+    """An INT8 foreign bundle verifies against its framework (it raised KeyError: no INT8 logit tolerance): its
+    logits differ from snnTorch's by the weights' rounding, within the tolerance, with no prediction changed."""
+    import onnx
+    import snntorch as snn
+
+    from seenn_deploy.data import Normalisation, parse_data_spec
+    from seenn_deploy.export.exporter import ExportOptions
+    from seenn_deploy.export.foreign import export_model
+    from seenn_deploy.export.qdq import check_qdq_layout
+    from seenn_deploy.export.verify import LOGIT_TOLERANCE, verify_foreign
+
+    torch.manual_seed(3)
+    net = fire(nn.Sequential(nn.Conv2d(1, 4, 5, stride=2), nn.BatchNorm2d(4), snn.Leaky(beta=0.9, init_hidden=True),
+                             nn.Flatten(), nn.Linear(4 * 12 * 12, 10),
+                             snn.Leaky(beta=0.8, init_hidden=True, output=True)), 3)
+    manifest = export_model(net, fmnist(32), tmp_path / "int8", timesteps=4, readout="membrane",
+                            normalisation=Normalisation((float(MEAN),), (float(STD),)),
+                            options=ExportOptions(precision="int8"))
+    assert manifest.precision == "int8" and list(manifest.provenance["int8_input_scales"]) == ["body.module.4"]
+    assert check_qdq_layout(onnx.load(str(tmp_path / "int8" / "step.onnx"))) == 1  # the Linear fed by spikes
+    data = parse_data_spec(FMNIST).load("test").subset(VERIFY_SAMPLES)
+    report = verify_foreign(tmp_path / "int8", manifest, data=data, module=net)
+    assert report.passed and len(report.checks) == 2
+    for check in report.checks:
+        assert check.tolerance == LOGIT_TOLERANCE["int8"] and check.mismatch_rate == 0 and min(check.agreement) == 1.0
+        assert 0 < max(check.max_logit_diff) < 1e-3  # rounded weights, no flipped spike

@@ -111,6 +111,28 @@ def test_a_policy_learns_the_right_timesteps_of_a_synthetic_task(checkpoint):
     assert run.final["accuracy"] == 1.0 and not run.installed and read_config(checkpoint).policy is None
 
 
+
+def test_the_snn_logits_cache_serves_the_same_rows_and_recomputes_changed_rows_of_the_same_name(digits_checkpoint,
+                                                                                                   tmp_path):
+    """An npz:FILE rewritten with other samples keeps its name and row count: the cache must not answer for it."""
+    from seenn_deploy.train.policy_trainer import snn_logits, split_logits
+
+    snn, ckpt = load_checkpoint(digits_checkpoint)
+    norm = Normalisation.from_dict(ckpt.normalisation)
+    test = parse_data_spec("digits").load("test")
+    before = ArrayDataset(test.x[:8], test.y[:8], test.classes, "npz:rows.npz")
+    after = ArrayDataset(test.x[8:16], test.y[:8], test.classes, "npz:rows.npz")  # same name, rows and labels
+    cache = tmp_path / "policies" / "snn_logits_fit.npz"
+    first = split_logits(snn, ckpt, tmp_path, "sha", "fit", before)
+    np.testing.assert_array_equal(first, snn_logits(snn, before, norm, ckpt.timesteps))
+    written = cache.stat().st_ino
+    np.testing.assert_array_equal(split_logits(snn, ckpt, tmp_path, "sha", "fit", before), first)
+    assert cache.stat().st_ino == written  # served from the cache, not made again (a write renames a new file in)
+    changed = split_logits(snn, ckpt, tmp_path, "sha", "fit", after)
+    assert not np.array_equal(changed, first)
+    np.testing.assert_array_equal(changed, snn_logits(snn, after, norm, ckpt.timesteps))
+    assert cache.stat().st_ino != written
+
 # -- train-policy ------------------------------------------------------------------------------
 def test_train_policy_installs_a_policy_that_exports_as_the_default_exit(run_cli, checkpoint, tmp_path):
     from seenn_deploy.export.exporter import export_checkpoint
