@@ -263,7 +263,13 @@ def staged_folder(out: Path) -> Iterator[Path]:
             if out.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 out.rename(old / out.name)
-            staging.rename(out)
+            try:
+                staging.rename(out)
+            except BaseException:
+                if old is not None and not out.exists():  # put the previous folder back where it was
+                    (old / out.name).rename(out)
+                    shutil.rmtree(old, ignore_errors=True)
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
     except BaseException:

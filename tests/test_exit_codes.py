@@ -83,9 +83,10 @@ def test_sigint_during_export_exits_130_in_one_line_and_leaves_nothing(digits_ch
 
 
 PROBE = """
-import os, signal, sys
+import os, signal, sys, time
 from pathlib import Path
 from seenn_deploy.cli import cli, main
+from seenn_deploy.data.progress import progress_bar
 from seenn_deploy.files import write_atomic
 
 class SignalsInDel:
@@ -97,14 +98,24 @@ class SignalsInDel:
 @cli.command("probe")
 def probe():
     SignalsInDel()
-    write_atomic(Path(sys.argv[1]), lambda p: p.write_text("done"))
+    if sys.argv[2] == "write":
+        write_atomic(Path(sys.argv[1]), lambda p: p.write_text("done"))
+    else:  # long work with a progress bar and no write: it must stop at the next update, not run to its end
+        bar = progress_bar(100, "working")
+        for _ in range(100):
+            time.sleep(0.1)
+            bar.update()
+        bar.close()
+        Path(sys.argv[1]).write_text("ran to its end")
 
 main(["probe"])
 """
 
 
-def test_sigint_that_python_would_ignore_in_a_callback_still_interrupts(tmp_path):
+@pytest.mark.parametrize("work", ["write", "progress"])
+def test_sigint_that_python_would_ignore_in_a_callback_still_interrupts(tmp_path, work):
     out = tmp_path / "out.txt"
-    proc = subprocess.run([sys.executable, "-c", PROBE, out], capture_output=True, text=True, timeout=60)
-    assert (proc.returncode, proc.stderr.strip()) == (130, "interrupted")
+    proc = subprocess.run([sys.executable, "-c", PROBE, out, work], capture_output=True, text=True, timeout=60)
+    last = proc.stderr.strip().splitlines()[-1] if work == "progress" else proc.stderr.strip()  # after the bar
+    assert (proc.returncode, last) == (130, "interrupted")
     assert list(tmp_path.iterdir()) == [], "the interrupted command writes nothing"

@@ -180,3 +180,26 @@ def test_an_interrupt_during_the_bundle_swap_is_delivered_after_it():
             signal.raise_signal(signal.SIGINT)
             done.append("both renames")
     assert done == ["both renames"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_swap_that_fails_halfway_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from seenn_deploy.files import staged_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    rename = Path.rename
+
+    def failing(self, target):  # the new folder cannot take the name (e.g. another process made `out` meanwhile)
+        if self.name.startswith(".out.partial-"):
+            raise OSError(39, "Directory not empty")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError):
+        with staged_folder(out) as staging:
+            (staging / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging or old folder is left beside it"
+    assert (out / "old.txt").read_text() == "old" and not (out / "new.txt").exists()

@@ -80,7 +80,7 @@ def _noting_interrupts() -> Iterator[list[bool]]:
     def hold(unraisable) -> None:
         # The handler ran inside a callback whose exceptions Python ignores (an import lock's weakref
         # callback, a __del__) and the command goes on: not worth a traceback, since the interrupt is
-        # noted and the next commit point (files.raise_if_interrupted) raises it.
+        # noted, and the next progress update or commit point (files.raise_if_interrupted) raises it.
         if not issubclass(unraisable.exc_type, KeyboardInterrupt):
             ignored(unraisable)
 

@@ -244,6 +244,9 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
         if backend != "ort":
             raise UserError(f"{bundle} holds a foreign model ({manifest.arch}), which verify checks on ONNX Runtime "
                             "against its framework: use --backend ort")
+        if max_flip_rate is not None:
+            raise UserError(f"{bundle} holds a foreign model, whose spikes verify does not compare (its graph's "
+                            "threshold comparisons do not map onto layers): drop --max-flip-rate")
         _verify_foreign(bundle, manifest, source, data_spec, checkpoint, samples, batch_size, min_agreement,
                         allow_pickle, json_path, options.get("providers"))
         return
@@ -301,6 +304,8 @@ def _verify_foreign(bundle, manifest, source, data_spec, weights, samples, batch
     module, note = None, None
     if origin.get("factory"):
         path = Path(weights) if weights else Path(origin.get("weights", ""))
+        if weights and not path.is_file():
+            raise UserError(f"--checkpoint {path}: no such weights file")
         if not path.is_file():
             note = f"weights {path} not found (pass --checkpoint WEIGHTS)"
         else:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from seenn_deploy.files import raise_if_interrupted
+
 _enabled = True
 
 
@@ -36,7 +38,7 @@ class _NoBar:
     """What `progress_bar` returns when bars are off: the tqdm calls we use, doing nothing."""
 
     def update(self, n: int = 1) -> None:
-        pass
+        raise_if_interrupted()
 
     def set_postfix(self, **kwargs: Any) -> None:
         pass
@@ -53,8 +55,26 @@ def progress_bar(total: int, desc: str, unit: str = "img") -> Any:
         tqdm = importlib.import_module("tqdm").tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False,
-                dynamic_ncols=True)
+    return _Bar(tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False,
+                     dynamic_ncols=True))
+
+
+class _Bar(_NoBar):
+    """A tqdm bar. Its updates, like the silent bar's, raise an interrupt that Python delivered where no one saw it
+    (files.raise_if_interrupted), so long work stops at its next step, not at its next write."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def update(self, n: int = 1) -> None:
+        raise_if_interrupted()
+        self._bar.update(n)
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self._bar.set_postfix(**kwargs)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def note(message: str) -> None:

@@ -316,3 +316,12 @@ def test_verify_checks_an_int8_foreign_bundle(tmp_path):
     for check in report.checks:
         assert check.tolerance == LOGIT_TOLERANCE["int8"] and check.mismatch_rate == 0 and min(check.agreement) == 1.0
         assert 0 < max(check.max_logit_diff) < 1e-3  # rounded weights, no flipped spike
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--checkpoint", "no-such-weights.safetensors"], "no such weights file"),
+    (["--max-flip-rate", "0.01"], "drop --max-flip-rate"),
+])
+def test_verify_options_a_foreign_bundle_cannot_honour_are_refused(bundles, args, fragment, run_cli, tmp_path):
+    result = run_cli("verify", bundles["jelly"], "--data", FMNIST, "--samples", "10", *args)
+    assert result.code == 2 and fragment in result.err, result.err
