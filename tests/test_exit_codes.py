@@ -1,6 +1,7 @@
 """Exit codes a script can rely on: 0 done, 1 a check failed, 2 bad input (one line), 130 interrupted
 (one line, nothing half-written), 3 a bug (its traceback)."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -119,3 +120,24 @@ def test_sigint_that_python_would_ignore_in_a_callback_still_interrupts(tmp_path
     last = proc.stderr.strip().splitlines()[-1] if work == "progress" else proc.stderr.strip()  # after the bar
     assert (proc.returncode, last) == (130, "interrupted")
     assert list(tmp_path.iterdir()) == [], "the interrupted command writes nothing"
+
+
+LIBRARY_INTERRUPT = """
+import ctypes
+from seenn_deploy.cli import cli, main
+
+@cli.command("probe")
+def probe():  # a library runs code through PyRun_* and a SIGINT lands there (as inside torch.export)
+    run = ctypes.pythonapi.PyRun_String
+    run.restype, run.argtypes = ctypes.py_object, [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    run(b"raise KeyboardInterrupt", 257, {}, {})
+
+main(["probe"])
+"""
+
+
+def test_an_interrupt_inside_code_a_library_runs_through_python_still_exits_130(tmp_path):
+    (tmp_path / "library_interrupt.py").write_text(LIBRARY_INTERRUPT)  # run with -m, as `python -m seenn_deploy.cli`
+    proc = subprocess.run([sys.executable, "-m", "library_interrupt"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (proc.returncode, proc.stderr.strip()) == (130, "interrupted"), "not death by SIGINT (-2)"

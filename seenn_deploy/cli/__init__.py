@@ -56,7 +56,25 @@ def _end(exc: BaseException, interrupted: bool) -> NoReturn:
 
 def _exit(code: int, line: str) -> NoReturn:
     click.echo(line, err=True)
+    if code == EXIT_INTERRUPTED:
+        _forget_library_interrupts()
     sys.exit(code)
+
+
+def _forget_library_interrupts() -> None:
+    """Keep exit code 130 from turning into death by SIGINT.
+
+    CPython ends a `python -m` run by killing itself with SIGINT, whatever its exit code, once a
+    KeyboardInterrupt has escaped code that a library ran through PyRun_* (the flag
+    _Py_UnhandledKeyboardInterrupt; torch.export's machinery is where a SIGINT lands during export).
+    The command has handled that interrupt and chosen its ending; PyRun_* clears the flag first.
+    """
+    import ctypes
+
+    try:
+        ctypes.pythonapi.PyRun_SimpleString(b"")
+    except (AttributeError, OSError):  # not CPython: no such flag
+        pass
 
 
 @contextlib.contextmanager
