@@ -453,6 +453,11 @@ def rows_sha256(rows: ArrayDataset) -> str:
 def train_policies(config: PolicyConfig, betas: list[float], log: Callable[[str], None] = print,
                    progress: bool = True) -> list[PolicyRun]:
     """One run per beta on one pass of the frozen SNN; a single beta is installed, a sweep installs none."""
+    from seenn_deploy.train.distributed import World
+
+    if World.from_env().distributed:  # every rank would train the same policies and write the same files
+        raise UserError("train-policy runs in one process: start it without torchrun (its epochs are cheap: the "
+                        "frozen SNN runs once, and its outputs are cached)")
     if not betas or len(set(betas)) != len(betas):
         raise UserError(f"--beta {','.join(f'{b:g}' for b in betas)}: give one or more distinct values")
     if len(betas) > 1 and config.joint_epochs:

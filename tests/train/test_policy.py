@@ -274,3 +274,11 @@ def test_a_policy_install_cut_short_is_refused_not_run(checkpoint):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(checkpoint / POLICY_WEIGHTS_FILE))
     with pytest.raises(UserError, match="cut short.*--resume"):
         load_policy(checkpoint, read_config(checkpoint))
+
+
+def test_train_policy_under_torchrun_is_refused_before_any_work(run_cli, checkpoint, monkeypatch):
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    result = run_cli("train-policy", checkpoint, "--data", "digits", "--beta", "1", "--quiet")
+    assert result.code == 2 and "start it without torchrun" in result.err, result.err
+    assert not (checkpoint / "policies").exists()
