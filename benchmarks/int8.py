@@ -30,24 +30,11 @@ import numpy as np
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.runtime import Runtime, read_manifest
 
+from runtime_early_exit import paired  # this folder, beside this script: the same paired-ratio statistics
+
 WEIGHTED = ("Conv", "FusedConv", "Gemm", "MatMul", "MatMulIntegerToFloat", "QLinearConv", "ConvInteger",
             "MatMulInteger", "QGemm")
 CONV_LAYOUT = ("ReorderInput", "ReorderOutput")  # the NCHWc layout changes around ORT's FP32 convolutions
-
-
-def paired(numerator, denominator, pairs: int) -> dict:
-    """Median and quartiles of numerator() / denominator() over back-to-back pairs, the first side alternating."""
-    numerator(), denominator()  # warm both
-    ratios = []
-    for i in range(pairs):
-        if i % 2:
-            bottom = denominator()
-            ratios.append(numerator() / bottom)
-        else:
-            top = numerator()
-            ratios.append(top / denominator())
-    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
-    return {"median": float(median), "q1": float(q1), "q3": float(q3), "pairs": pairs}
 
 
 def timer(runtime: Runtime, x: np.ndarray):

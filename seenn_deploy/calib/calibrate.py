@@ -109,7 +109,7 @@ def choose(profile: TimestepProfile, metric: str, target: Target) -> tuple[dict[
     sw = sweep_capped(scores, correct)
     seconds = time.perf_counter() - started
     front = sw.pareto()
-    seenn_front = _pareto([sw.point(i) for i in np.flatnonzero(sw.caps == profile.timesteps)])
+    seenn_front = pareto([sw.point(i) for i in np.flatnonzero(sw.caps == profile.timesteps)])
     chosen = None
     if target.drop is not None:
         chosen = for_accuracy_drop(sw, float(correct[-1].mean()), target.drop)
@@ -126,15 +126,6 @@ def choose(profile: TimestepProfile, metric: str, target: Target) -> tuple[dict[
         "table": [point_dict(p, t_max) | {"exit_shares": exit_shares(scores, p.alpha, p.t_cap)} for p in table_points(front)],
     }
     return figures, chosen
-
-
-def _pareto(points: list[SweepPoint]) -> list[SweepPoint]:
-    front, best = [], -np.inf
-    for p in sorted(points, key=lambda p: (p.avg_timesteps, -p.accuracy)):
-        if p.accuracy > best:
-            front.append(p)
-            best = p.accuracy
-    return front
 
 
 def analyse(choice: TimestepProfile, test: TimestepProfile | None, metric: str, target: Target,

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from seenn_deploy.errors import InternalError, UserError
-from seenn_deploy.export.precision import fold_batchnorms, replace_layers, weighted_layers
+from seenn_deploy.export.precision import checked_layers, fold_batchnorms, replace_layers, weighted_layers
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.neurons import SpikingNeuron
 
@@ -146,11 +146,7 @@ def activation_grids(model: SpikingModel) -> dict[str, float | None]:
 def int8_plan(model: SpikingModel, fp32_layers: Sequence[str] = ()) -> dict[str, float]:
     """name -> input scale of the layers an INT8 export quantizes: the spike-driven body Conv2d / Linear layers but
     `fp32_layers`. UserError for an unknown name, or when no layer is spike-driven (nothing to quantize)."""
-    layers = weighted_layers(model)
-    unknown = [name for name in fp32_layers if name not in layers]
-    if unknown:
-        raise UserError(f"--fp32-layers {', '.join(unknown)}: not a Conv2d or Linear of the model's body; "
-                        f"the layers are {', '.join(layers) or 'none'}")
+    checked_layers(model, fp32_layers)
     grids = activation_grids(model)
     plan = {name: s for name, s in grids.items() if s is not None and name not in set(fp32_layers)}
     if not plan:

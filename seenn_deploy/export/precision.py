@@ -120,15 +120,21 @@ def replace_layers(model: SpikingModel, names: Sequence[str], wrap: Callable[[st
         raise InternalError(f"replaced {replaced} of the {len(set(names))} planned layers")
 
 
-def fp16_layers(model: SpikingModel, fp32_layers: Sequence[str] = ()) -> list[str]:
-    """Names of the layers an FP16 export runs in FP16: the body's Conv2d and Linear layers but the classifier
-    (the last Linear), the analog-input layer where the encoder is empty (foreign models keep their first
-    layer in the body), and `fp32_layers`."""
+def checked_layers(model: SpikingModel, fp32_layers: Sequence[str]) -> dict[str, nn.Module]:
+    """weighted_layers(model), after a UserError for any --fp32-layers name that is not one of them."""
     named = weighted_layers(model)
     unknown = [name for name in fp32_layers if name not in named]
     if unknown:
         raise UserError(f"--fp32-layers {', '.join(unknown)}: not a Conv2d or Linear of the model's body; "
                         f"the layers are {', '.join(named) or 'none'}")
+    return named
+
+
+def fp16_layers(model: SpikingModel, fp32_layers: Sequence[str] = ()) -> list[str]:
+    """Names of the layers an FP16 export runs in FP16: the body's Conv2d and Linear layers but the classifier
+    (the last Linear), the analog-input layer where the encoder is empty (foreign models keep their first
+    layer in the body), and `fp32_layers`."""
+    named = checked_layers(model, fp32_layers)
     keep = set(fp32_layers)
     linears = [name for name, m in named.items() if isinstance(m, nn.Linear)]
     if linears:
