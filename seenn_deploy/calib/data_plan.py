@@ -14,6 +14,7 @@ from typing import Callable
 
 from seenn_deploy.calib.profile import TimestepProfile
 from seenn_deploy.data import ArrayDataset, check_labels, parse_data_spec
+from seenn_deploy.data.spec import same_data
 from seenn_deploy.data.validation import ValidationSlice, load_validation
 from seenn_deploy.errors import UserError
 from seenn_deploy.runtime.manifest import Manifest
@@ -68,7 +69,7 @@ def plan_data(manifest: Manifest, data_spec: str | None, calib_data: str | None,
     test_spec = data_spec or trained_on
     if calib_data is not None:
         choice = Samples(calib_data, calib_split, limit)
-        same = test_spec is not None and _same_data(calib_data, test_spec)
+        same = test_spec is not None and same_data(calib_data, test_spec)
         chosen_on = "test" if same and calib_split in ("test", "all") else "calib-data"
     elif recorded is not None:
         spec = str(recorded.get("data") or trained_on)
@@ -98,12 +99,6 @@ def _loadable(spec: str) -> bool:
 
 def _kind(spec: str) -> str:
     return spec.strip().partition(":")[0]
-
-
-def _same_data(a: str, b: str) -> bool:
-    """Whether two specs name the same data set (same kind and resolved path)."""
-    (ka, _, pa), (kb, _, pb) = a.strip().partition(":"), b.strip().partition(":")
-    return ka == kb and (Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve() if pa and pb else pa == pb)
 
 
 def obtain_profile(path: Path, samples: Samples, fingerprint: str, manifest: Manifest, where: str,

@@ -24,25 +24,35 @@ FOREIGN_ONLY = ("--mean", "--std", "--readout", "--step-mode", "--sample-data") 
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, callback=writable_bundle,
               help="Bundle directory to write.")
-@click.option("--opset", type=OPSETS, default=18, show_default=True)
+@click.option("--opset", type=OPSETS, default=None, help="ONNX opset [default: 18; 19 for --precision int8+fp16, whose "
+              "FP16 Q/DQ scales need it].")
 @click.option("--max-batch", type=COUNT, default=256, show_default=True, help="Largest batch the graphs accept.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8+fp16"]), default="fp32",
+              show_default=True,
               help="fp16: a strongly typed FP16 graph (the precision lives in the graph). int8: explicit Q/DQ on the "
                    "spike-driven Conv/Linear layers (their spike inputs exact in INT8, per-channel INT8 weights), "
-                   "the analog input, membranes and exit head in FP32; builds on TensorRT 10 and 11.")
+                   "the analog input, membranes and exit head in FP32; builds on TensorRT 10 and 11. int8+fp16: the "
+                   "same INT8 layers with FP16 scales, the analog input layer, classifier and membranes in FP16 (the "
+                   "exit head stays FP32).")
 @click.option("--accumulate", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
               help="How the exit head accumulates logits over timesteps.")
 @click.option("--temperature", type=POSITIVE, default=1.0, show_default=True, help="Softmax temperature of the confidence.")
 @click.option("--fp32-layers", default=None, metavar="NAME[,NAME...]",
-              help="With --precision fp16 or int8: body layers (Conv2d, Linear) to keep in FP32; `verify` names "
+              help="With --precision fp16, int8 or int8+fp16: body layers (Conv2d, Linear) to keep in FP32; `verify` names "
                    "candidates.")
 @click.option("--fp16-weights", type=click.Choice(["pair", "single"]), default="pair", show_default=True,
               help="With --precision fp16: each weight as hi + lo FP16 numbers (two FP16 products summed in FP32), "
                    "or rounded once to FP16 (half the work, more spike flips).")
-@click.option("--int8-weights", type=click.Choice(["pair", "single"]), default="pair", show_default=True,
-              help="With --precision int8: each weight as a pair of INT8 numbers (high + its rounding error / 254, one "
-                   "INT8 op of twice the channels, about 15-bit weights), or rounded once (half the INT8 work, more "
-                   "spike flips).")
+@click.option("--int8-weights", type=click.Choice(["pair", "single", "tuned"]), default="pair", show_default=True,
+              help="With --precision int8 or int8+fp16: each weight as a pair of INT8 numbers (high + its rounding "
+                   "error / 254, one INT8 op of twice the channels, about 15-bit weights), rounded once (half the INT8 "
+                   "work, more spike flips), or tuned: single weights whose per-channel rounding flips the fewest "
+                   "spikes on calibration data (--calib-data).")
+@click.option("--calib-data", default=None, metavar="SPEC",
+              help="With --int8-weights tuned: data whose train split (outside the checkpoint's validation slice) "
+                   "calibrates [default: the checkpoint's training data].")
+@click.option("--calib-samples", type=COUNT, default=None,
+              help="With --int8-weights tuned: calibration samples [default: 512].")
 @click.option("--encoder-split", type=click.Choice(SPLIT_MODES), default="auto", show_default=True,
               help="Run the first conv + BN once per sample in encoder.onnx (on), inside every step (off), or where "
                    "that saves more compute than the bytes it adds cost (auto).")
@@ -70,7 +80,7 @@ FOREIGN_ONLY = ("--mean", "--std", "--readout", "--step-mode", "--sample-data") 
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @allow_pickle_option
 def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, temperature, fp32_layers, fp16_weights,
-               int8_weights, encoder_split, exporter, factory, input_shape, timesteps, sample_data, classes, mean, std, readout,
+               int8_weights, calib_data, calib_samples, encoder_split, exporter, factory, input_shape, timesteps, sample_data, classes, mean, std, readout,
                step_mode, dt, force, allow_pickle) -> None:
     """Export a checkpoint to a bundle: stateful single-timestep ONNX graphs and a manifest.
 
@@ -86,7 +96,8 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
     options = ExportOptions(opset=opset, max_batch=max_batch, precision=precision, accumulate=accumulate,
                             temperature=temperature, encoder_split=encoder_split, exporter=exporter, force=force,
                             fp32_layers=tuple(n.strip() for n in (fp32_layers or "").split(",") if n.strip()),
-                            fp16_weights=fp16_weights, int8_weights=int8_weights)
+                            fp16_weights=fp16_weights, int8_weights=int8_weights, calib_data=calib_data,
+                            calib_samples=calib_samples)
     foreign = dict(zip(FOREIGN_ONLY, (mean, std, readout, step_mode, sample_data)))
     nir = Path(checkpoint).suffix.lower() == ".nir"
     if nir:
@@ -109,8 +120,12 @@ def export_cmd(checkpoint, out, opset, max_batch, precision, accumulate, tempera
                                    classes=classes, mean=mean, std=std, readout=readout or "spikes",
                                    step_mode=step_mode or "auto")
     graphs = ", ".join(f"{role}: {rel}" for role, rel in manifest.graphs.items())
+    tuning = manifest.provenance.get("int8_tuning")
+    if tuning:
+        echo(f"INT8 weights tuned on {tuning['samples']} samples of {tuning['data']} (train split): calibration spike "
+             f"flips {tuning['flip_rate_before']:.2e} (max-abs) -> {tuning['flip_rate_after']:.2e}")
     echo(f"bundle written to {out} ({graphs}; {len(manifest.states)} states, T_max {manifest.timesteps}, "
-               f"{manifest.precision}, batch 1..{manifest.max_batch})")
+         f"{manifest.precision}, batch 1..{manifest.max_batch})")
 
 
 def _input_shape(input_shape: str | None, timesteps: int | None, what: str) -> tuple[int, ...]:
@@ -210,8 +225,8 @@ def _export_factory(factory, weights, out, input_shape, timesteps, sample_data, 
               help="The source checkpoint (default: the one the bundle records).")
 @samples_option("Verify on the first N samples of the test split.")
 @batch_size_option()
-@click.option("--min-agreement", type=FRACTION, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 and int8 0.99).")
-@click.option("--max-flip-rate", type=FRACTION, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16 and int8 1e-2).")
+@click.option("--min-agreement", type=FRACTION, default=None, help="Fail below this prediction agreement at any t (fp32 0.999, fp16 and int8 0.99, int8+fp16 0.98).")
+@click.option("--max-flip-rate", type=FRACTION, default=None, help="Fail above this spike-flip rate (fp32 1e-4, fp16, int8 and int8+fp16 1e-2).")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
               help="ort: the ONNX graphs (--providers, default the CPU, which runs FP16 layers in FP32, outputs "
                    "unrounded). torch: the bundle's layout on torch ops (--device), real FP16 arithmetic.")
@@ -285,6 +300,10 @@ def verify_cmd(bundle, data_spec, checkpoint, samples, batch_size, min_agreement
     if report.precision == "int8" and backend == "ort":
         echo("  note: ONNX Runtime's CPU provider runs the INT8 Linear layers on its integer kernel "
              "(MatMulIntegerToFloat) and the INT8 convolutions in FP32 on the INT8 weights, with the same results")
+    if report.precision == "int8+fp16" and backend == "ort":
+        echo("  note: ONNX Runtime's CPU provider has no FP16 arithmetic: it casts each FP16 op to FP32 (membranes "
+             "round to FP16 only between steps, as state outputs) and runs the INT8 layers in FP32 on FP16 weights, "
+             "no integer kernel; --backend torch runs the FP16 layout, and TensorRT the fused INT8 kernels")
     echo("PASS" if report.passed else f"FAIL: agreement must stay >= {report.min_agreement} and the flip rate <= {report.max_flip_rate}")
     emit_json(json_path, {"bundle": str(bundle), "checkpoint": str(checkpoint), "data": data.name, **report.to_dict()})
     if not report.passed:
@@ -376,9 +395,9 @@ def _check_graphs_parse(bundle: Path, graphs) -> None:
 
 @cli.command("build")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Default: the bundle's. An int8 bundle (explicit Q/DQ) builds on TensorRT 10 and 11; fp16 from an fp32 "
-                   "bundle and int8 without Q/DQ need TensorRT 10.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8+fp16"]), default=None,
+              help="Default: the bundle's. An int8 or int8+fp16 bundle (explicit Q/DQ) builds on TensorRT 10 and 11; "
+                   "fp16 from an fp32 bundle and int8 without Q/DQ need TensorRT 10.")
 @click.option("--max-batch", type=COUNT, default=None, help="Largest batch of the profile (default: the bundle's).")
 @click.option("--opt-batch", type=COUNT, default=None, help="Batch TensorRT tunes for (default: min(64, max batch)).")
 @click.option("--workspace", "workspace_mb", type=COUNT, default=None, metavar="MB",

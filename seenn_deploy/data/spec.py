@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from seenn_deploy.data.cifar10 import Cifar10Source
 from seenn_deploy.data.digits import DigitsSource
 from seenn_deploy.data.imagefolder import ImageFolderSource
@@ -32,3 +34,9 @@ def parse_data_spec(spec: str) -> DataSource:
         hint = f" (for a file, write npz:{spec})" if spec.endswith(".npz") and not colon else ""
         raise UserError(f"unknown data spec {spec!r}{hint}: use one of {known_specs()}")
     return cls.parse(spec, arg if colon else None)
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two specs name the same data set (same kind and resolved path)."""
+    (ka, _, pa), (kb, _, pb) = a.strip().partition(":"), b.strip().partition(":")
+    return ka == kb and (Path(pa).expanduser().resolve() == Path(pb).expanduser().resolve() if pa and pb else pa == pb)

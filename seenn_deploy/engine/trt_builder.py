@@ -16,9 +16,13 @@ against the TensorRT 10 and 11 Python APIs:
 * int8: a graph with explicit Q/DQ nodes (`seenn-deploy export --precision int8`, export/qdq.py) builds
   strongly typed on both versions, with no INT8 flag and no calibrator: the Q/DQ scales are in the graph
   (TensorRT 10 fails a strongly typed build that sets a precision flag). An int8 bundle builds int8
-  engines only. From an fp32 bundle: TensorRT 10's `BuilderFlag.INT8` with an
-  `IInt8EntropyCalibrator2` fed from --calib-data, its cache kept in engines/; TensorRT 11 removed
-  implicit INT8 and the build says to export --precision int8.
+  engines only. An int8+fp16 bundle (`export --precision int8+fp16`: the same Q/DQ with FP16 scales, everything
+  else FP16 with explicit Casts) builds the same way, strongly typed with no flag, and int8+fp16 engines only:
+  "Setting layer precision and layer output types is not allowed" on a strongly typed network (TensorRT's
+  NetworkDefinitionCreationFlag::kSTRONGLY_TYPED), whose types come from the graph's inputs, casts and Q/DQ
+  scales (TensorRT 10's Quantize operator: the scale is "of type T1", its input's). From an fp32 bundle:
+  TensorRT 10's `BuilderFlag.INT8` with an `IInt8EntropyCalibrator2` fed from --calib-data, its cache
+  kept in engines/; TensorRT 11 removed implicit INT8 and the build says to export --precision int8.
 
 Why the TensorRT API directly and not Polygraphy's loaders (NetworkFromOnnxPath, CreateConfig,
 EngineBytesFromNetwork, Calibrator), which the project declared once and never imported: what they
@@ -48,9 +52,8 @@ from seenn_deploy.files import FILE, FOLDER, bundle_lock, check_writable, file_s
 from seenn_deploy.runtime.engine_meta import (
     ENGINES_DIR, EngineMeta, engine_file_name, meta_path, version_triple, write_engine_meta,
 )
-from seenn_deploy.runtime.manifest import Manifest, read_manifest
+from seenn_deploy.runtime.manifest import INT8_PRECISIONS, PRECISIONS, Manifest, read_manifest
 
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPT_BATCH = 64
 PURPOSE = "building TensorRT engines"
 GPU_FIX = "building TensorRT engines needs an NVIDIA GPU and its driver: build on the machine that will run them"
@@ -137,14 +140,19 @@ def plan_build(bundle: Path, options: BuildOptions) -> BuildPlan:
         check_writable(options.timing_cache, "--timing-cache", FILE)
     roles = list(manifest.graphs)
     quantized = any(graph_has_qdq(bundle / manifest.graphs[role]) for role in roles)
-    if manifest.precision == "int8":
+    if manifest.precision in INT8_PRECISIONS:
+        own = manifest.precision
         if not quantized:
-            raise UserError(f"{bundle} is an int8 bundle but its graphs carry no Q/DQ nodes: re-export it with "
-                            "`seenn-deploy export CHECKPOINT --precision int8`")
-        if precision != "int8":
-            raise UserError(f"{bundle} is an int8 bundle: its graphs fix their precision (explicit Q/DQ, strongly "
-                            f"typed), so they build int8 engines only; for {precision}, build from an fp32 export "
-                            "(`seenn-deploy export CHECKPOINT --precision fp32`)")
+            raise UserError(f"{bundle} is an {own} bundle but its graphs carry no Q/DQ nodes: re-export it with "
+                            f"`seenn-deploy export CHECKPOINT --precision {own}`")
+        if precision != own:
+            raise UserError(f"{bundle} is an {own} bundle: its graphs fix their precision (explicit Q/DQ, strongly "
+                            f"typed), so they build {own} engines only; for {precision}, build from "
+                            f"{'an fp32 export' if precision != 'int8' else 'an int8 export'} (`seenn-deploy export "
+                            f"CHECKPOINT --precision {'fp32' if precision != 'int8' else 'int8'}`)")
+    elif precision == "int8+fp16":
+        raise UserError(f"{bundle} is an {manifest.precision} bundle: int8+fp16 engines come from an int8+fp16 export "
+                        "(explicit Q/DQ with FP16 scales): `seenn-deploy export CHECKPOINT --precision int8+fp16`")
     if manifest.precision == "fp16" and not (precision == "fp16" or (precision == "int8" and quantized)):
         raise UserError(f"{bundle} is an fp16 bundle: its graphs fix their precision (strongly typed FP16), so they "
                         f"build fp16 engines only; for {precision}, build from an fp32 export "
@@ -166,7 +174,7 @@ def network_mode(precision: str, bundle_precision: str, quantized: bool, trt_maj
     """STRONG, WEAK_FP16 or CALIBRATED_INT8 for building `precision` from a `bundle_precision` bundle on this
     TensorRT major version; UserError where that TensorRT cannot (11 removed the precision flags)."""
     if precision == bundle_precision or (precision == "int8" and quantized):
-        return STRONG
+        return STRONG  # int8+fp16 is built from an int8+fp16 bundle only (plan_build)
     if bundle_precision != "fp32":  # plan_build refuses these first
         raise InternalError(f"no way to build {precision} from an {bundle_precision} bundle")
     if trt_major >= 11:

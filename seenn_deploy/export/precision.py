@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from seenn_deploy.errors import InternalError, UserError
+from seenn_deploy.runtime.manifest import PRECISIONS
 from seenn_deploy.snn.model import SpikingModel
 from seenn_deploy.snn.state import SpikingSequential
 
@@ -153,11 +154,76 @@ def apply_fp16(model: SpikingModel, fp32_layers: Sequence[str] = (), weights: st
     return model
 
 
+class FloatCompute(nn.Module):
+    """Runs `layer` in FP32 inside an FP16 graph (an --fp32-layers layer of int8+fp16): x -> float -> layer -> x's
+    type, explicit casts as a strongly typed network takes them."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x.float()).to(x.dtype)
+
+
+class CastInput(nn.Module):
+    """The first op of an int8+fp16 encoder: the FP32 sample (as the runtime normalises it) cast to `dtype`."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype)
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The float type of a laid-out model's neurons and states: float16 for int8+fp16, float32 otherwise."""
+    return getattr(model, "compute_dtype", torch.float32)
+
+
+def _half_outside(module: nn.Module, keep: tuple[type, ...], path: str = "") -> None:
+    """In place: every floating parameter and buffer to FP16, but those of `keep` modules (and their children).
+    UserError for a value beyond FP16's range (it would become inf)."""
+    if isinstance(module, keep):
+        return
+    for store in (module._parameters, module._buffers):
+        for key, value in store.items():
+            if value is not None and value.is_floating_point():
+                largest = float(value.detach().abs().max()) if value.numel() else 0.0
+                if largest > float(torch.finfo(torch.float16).max):
+                    raise UserError(f"{path}{key} holds {largest:.3g}, beyond FP16's range: export with --precision "
+                                    f"int8 (its float side is FP32)")
+                value.data = value.data.half()
+    for name, child in module.named_children():
+        _half_outside(child, keep, f"{path}{name}.")
+
+
+def apply_int8_fp16(model: SpikingModel, fp32_layers: Sequence[str] = (), weights: str = "pair") -> SpikingModel:
+    """In place, on an FP32 eval-mode copy: the int8 layout (export/int8.py, its QuantCompute layers in their FP16
+    form) with everything else in FP16: the analog input layer (encoder, BN folded), every other Conv2d / Linear
+    but `fp32_layers` (FP32 between casts), the neurons' arithmetic and so the membranes; x is cast to FP16 first.
+    The neuron states follow in FP16, the exit head stays FP32 (step_module.graph_states reads compute_dtype)."""
+    from seenn_deploy.export.int8 import QuantCompute, apply_int8
+
+    fold_batchnorms(model.encoder)
+    apply_int8(model, fp32_layers, weights, half=True)
+    if fp32_layers:
+        replace_layers(model, list(fp32_layers), lambda _name, layer: FloatCompute(layer))
+    _half_outside(model, (QuantCompute, FloatCompute))
+    model.encoder = nn.Sequential(CastInput(torch.float16), model.encoder)
+    model.compute_dtype = torch.float16
+    return model
+
+
 def for_precision(model: SpikingModel, precision: str, fp32_layers: Sequence[str] = (),
                   fp16_weights: str = "pair") -> SpikingModel:
-    """An eval-mode FP32 copy of `model` laid out for `precision` ('fp32', 'fp16' or 'int8': export/int8.py); the
-    original is untouched. The int8 layout is the torch reference of an int8 bundle (verify, the torch backend);
-    `fp16_weights` is then the INT8 weights' form (pair or single, the manifest's field of that name)."""
+    """An eval-mode copy of `model` laid out for `precision` ('fp32', 'fp16', 'int8' or 'int8+fp16':
+    export/int8.py; FP32 tensors, but for int8+fp16's FP16 float side); the original is untouched. The int8 layouts are the torch reference of an int8 bundle (verify,
+    the torch backend), int8+fp16 on real torch FP16 ops; `fp16_weights` is then the INT8 weights' form (pair or
+    single, the manifest's field of that name)."""
+    if precision not in PRECISIONS:
+        raise InternalError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     model = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
     if precision == "fp16":
         return apply_fp16(model, fp32_layers, fp16_weights)
@@ -165,4 +231,6 @@ def for_precision(model: SpikingModel, precision: str, fp32_layers: Sequence[str
         from seenn_deploy.export.int8 import apply_int8
 
         return apply_int8(model, fp32_layers, fp16_weights)
+    if precision == "int8+fp16":
+        return apply_int8_fp16(model, fp32_layers, fp16_weights)
     return model

@@ -22,6 +22,14 @@ twice the width (so not for a grouped Conv, whose extra channels would read othe
 refused). Two ops on one Q/DQ'd input would be the same work, but ONNX Runtime then fuses
 neither into its integer kernel (measured, 1.32).
 
+int8+fp16 (`int8.LayerQuant.half`): the exported layer is FP16, and so are its Q/DQ scales, the
+bias and the Split / Add of a pair, as ModelOpt's ONNX PTQ writes a graph with high_precision_dtype
+fp16: TensorRT's strongly typed mode takes each tensor's type from the graph, its Quantize takes
+"scale: tensor of type T1" (the type of its input; T1 float16, bfloat16 or float32, TensorRT 10
+operator reference), and ONNX's QuantizeLinear / DequantizeLinear take float16 scales from opset 19
+(DequantizeLinear's output has its scale's type). The scales are FP16 numbers by construction
+(int8.fp16_ceil), so writing them as FP16 rounds nothing.
+
 Why not ONNX Runtime's `quantize_static` or ModelOpt: both choose activation scales from
 calibration ranges and put Q/DQ on every quantizable tensor (outputs included, which here
 would round what the membranes integrate). Their overrides could pin the scales, but the scales
@@ -43,7 +51,8 @@ from seenn_deploy.lazy import require
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 # Output-channel axis of the weight input (input 1) of each weighted op as this exporter writes them.
 WEIGHT_AXIS = {"Conv": 0, "MatMul": 1}
-FIX = "re-export the bundle with `seenn-deploy export --precision int8`"
+FIX = "re-export the bundle with `seenn-deploy export --precision int8` (or int8+fp16)"
+SCALE_TYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def insert_qdq(proto, layers: dict[str, LayerQuant]) -> None:
@@ -73,17 +82,20 @@ def insert_qdq(proto, layers: dict[str, LayerQuant]) -> None:
             raise InternalError(f"{layer.name}: pair weights on a grouped Conv: the low channels would read the wrong "
                                 "input group (int8.QuantCompute refuses this)")
         p = layer.name
+        float_type = numpy_helper.to_array(inits[weight_name]).dtype  # float32; float16 for int8+fp16
         parts = [layer.weight] if layer.weight_low is None else [layer.weight, layer.weight_low]
         scales = [layer.weight_scale] if layer.weight_low is None else [layer.weight_scale, layer.low_scale]
         q_weight = np.concatenate(parts, axis=0)  # pair: the low channels after the high ones
         q_weight = q_weight if conv else np.ascontiguousarray(q_weight.T)  # MatMul: [K, N]
         channels = len(layer.weight_scale)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        input_scale = _exact(np.array(layer.input_scale, np.float32), float_type, f"{p} input scale")
+        weight_scale = _exact(np.concatenate(scales).astype(np.float32), float_type, f"{p} weight scales")
         graph.initializer.extend([
-            numpy_helper.from_array(np.array(layer.input_scale, np.float32), f"{p}.input_scale"),
+            numpy_helper.from_array(input_scale, f"{p}.input_scale"),
             numpy_helper.from_array(np.array(0, np.int8), f"{p}.input_zero_point"),
             numpy_helper.from_array(np.ascontiguousarray(q_weight, np.int8), f"{p}.weight_int8"),
-            numpy_helper.from_array(np.concatenate(scales).astype(np.float32), f"{p}.weight_scale"),
+            numpy_helper.from_array(weight_scale, f"{p}.weight_scale"),
             numpy_helper.from_array(np.zeros(len(parts) * channels, np.int8), f"{p}.weight_zero_point"),
         ])
         new = [
@@ -131,6 +143,14 @@ def insert_qdq(proto, layers: dict[str, LayerQuant]) -> None:
         graph.initializer.remove(init)
 
 
+def _exact(values: np.ndarray, float_type: np.dtype, what: str) -> np.ndarray:
+    """`values` (float32) as `float_type`; InternalError if that rounds any (int8+fp16 scales are FP16 numbers)."""
+    cast = values.astype(float_type)
+    if not np.array_equal(cast.astype(np.float32), values):
+        raise InternalError(f"{what} are not exact in {np.dtype(float_type).name}: the Q/DQ scales would round")
+    return cast
+
+
 def _attrs(node) -> dict:
     onnx = require("onnx", "INT8 export")
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -146,7 +166,9 @@ def check_qdq_layout(proto, where: str = "the step graph") -> int:
     """The number of weighted ops that run in INT8; UserError naming the node and the rule where the graph's Q/DQ
     layout is one TensorRT does not fuse into INT8 Conv / MatMul kernels (or cannot build at all):
 
-    * QuantizeLinear / DequantizeLinear: INT8, zero points all 0 (symmetric), scales constant, finite and > 0;
+    * QuantizeLinear / DequantizeLinear: INT8, zero points all 0 (symmetric), scales constant, finite and > 0,
+      FP32 or FP16 (int8+fp16), and a QuantizeLinear's input of its scale's type (TensorRT's Quantize: "scale:
+      tensor of type T1", the input's type; a strongly typed network inserts no cast for it);
     * an activation Q feeds only DQ nodes with its scale and zero point, per tensor (scalar scale);
     * every DQ feeds weighted ops (Conv, MatMul, Gemm) directly: an op between DQ and the Conv stops the fusion;
     * a weight DQ reads a constant INT8 initializer, per output channel (Conv axis 0, MatMul axis 1) or per tensor;
@@ -154,6 +176,7 @@ def check_qdq_layout(proto, where: str = "the step graph") -> int:
     """
     onnx = require("onnx", "INT8 export")
     graph = proto.graph
+    types = _tensor_types(proto)
     consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
@@ -175,6 +198,9 @@ def check_qdq_layout(proto, where: str = "the step graph") -> int:
         if scale is None:
             refuse(node, "its scale is not a constant")
             continue
+        if scale.dtype not in SCALE_TYPES:
+            refuse(node, f"its scale is {scale.dtype}: TensorRT takes FP32 or FP16 scales")
+            continue
         if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
             refuse(node, "its scale has values that are not finite and > 0")
         if zero is None:
@@ -184,6 +210,10 @@ def check_qdq_layout(proto, where: str = "the step graph") -> int:
             refuse(node, f"zero point {zero.dtype} {np.unique(zero)[:4].tolist()}: TensorRT takes INT8 with zero point 0 "
                    "(symmetric) only")
         if node.op_type == "QuantizeLinear":
+            given = types.get(node.input[0])
+            if given is not None and given != scale.dtype:
+                refuse(node, f"its input is {given.name} and its scale {scale.dtype.name}: TensorRT quantizes a "
+                       "tensor with a scale of its own type (cast the input, or write the scale in its type)")
             users = consumers.get(node.output[0], [])
             if not users or any(u.op_type != "DequantizeLinear" for u in users):
                 refuse(node, "feeds something other than DequantizeLinear")
@@ -226,6 +256,20 @@ def check_qdq_layout(proto, where: str = "the step graph") -> int:
         raise UserError(f"{where} has a Q/DQ layout TensorRT does not fuse into INT8 kernels: "
                         f"{'; '.join(problems[:6])}{' ...' if len(problems) > 6 else ''}: {FIX}")
     return quantized
+
+
+def _tensor_types(proto) -> dict[str, np.dtype]:
+    """name -> numpy dtype of every graph input, initializer and inferred intermediate tensor whose type is known."""
+    onnx = require("onnx", "INT8 export")
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    found: dict[str, np.dtype] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        elem = value.type.tensor_type.elem_type
+        if elem:
+            found[value.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    for init in proto.graph.initializer:
+        found[init.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+    return found
 
 
 def _same_params(consts: dict, q, dq) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from seenn_deploy.errors import UserError
+from seenn_deploy.export.precision import compute_dtype
 from seenn_deploy.runtime.executors.torch_executor import register_module_source
 from seenn_deploy.runtime.manifest import Manifest, StateInfo
 from seenn_deploy.snn.model import SpikingModel
@@ -28,8 +29,12 @@ ACC, COUNT = "exit.acc_logits", "exit.count"
 
 
 def graph_states(model: SpikingModel) -> list[StateInfo]:
-    """The model's states plus the exit head's: accumulated logits [K] and the step counter [] (float)."""
-    specs = [StateInfo(s.name, tuple(s.shape), s.init) for s in model.state_specs()]
+    """The model's states, in the laid-out model's compute type (float16 for int8+fp16: precision.compute_dtype), plus
+    the exit head's, always FP32: accumulated logits [K] and the step counter []. K + 1 numbers per sample cost
+    nothing in FP32, and in FP16 summed logits over long runs, or divided by a small temperature, overflow to inf
+    and the softmax to NaN."""
+    dtype = str(compute_dtype(model)).removeprefix("torch.")
+    specs = [StateInfo(s.name, tuple(s.shape), s.init, dtype) for s in model.state_specs()]
     return specs + [StateInfo(ACC, (model.num_classes,), 0.0), StateInfo(COUNT, (), 0.0)]
 
 
@@ -37,6 +42,8 @@ class StepModule(nn.Module):
     """Wraps a SpikingModel (eval mode) as the pure step function above; inputs/outputs are flat tensors.
 
     `encoded=True`: x is the encoder's output (the encoder runs once per sample, in encoder.onnx).
+    x is FP32 as the runtime feeds it; an int8+fp16 model computes in FP16 (x cast first), its neuron states are
+    FP16 graph inputs and outputs, and its logits are cast to FP32 for the exit head (graph_states).
     """
 
     def __init__(self, model: SpikingModel, states: list[StateInfo], accumulate: str = "mean",
@@ -47,6 +54,7 @@ class StepModule(nn.Module):
         self.accumulate = accumulate
         self.temperature = float(temperature)
         self.encoded = encoded
+        self.dtype = compute_dtype(model)
 
     def forward(self, x: Tensor, reset: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         fresh = []
@@ -55,8 +63,9 @@ class StepModule(nn.Module):
             fresh.append(torch.where(mask, torch.full_like(value, info.init), value))
         *neuron_states, acc, count = fresh
         named = {info.name: v for info, v in zip(self.states, neuron_states)}
-        encoded = x if self.encoded else self.model.encoder(x)
+        encoded = x.to(self.dtype) if self.encoded else self.model.encoder(x)
         logits, new = self.model.step_encoded(encoded, named)
+        logits = logits.float()
         acc = acc + logits
         count = count + 1.0
         summary = acc / count.unsqueeze(1) if self.accumulate == "mean" else acc
@@ -74,13 +83,13 @@ class EncoderModule(nn.Module):
         self.encoder = model.encoder
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
+        return self.encoder(x).to(x.dtype)  # int8+fp16: the FP16 encoder's output back to the runtime's FP32
 
 
 def graph_modules(bundle: Path, manifest: Manifest, checkpoint: Path | None = None) -> Callable[[str], nn.Module]:
     """role -> the torch module computing the bundle's `role` graph, from the checkpoint the bundle records (or
     `checkpoint`, which must hold the same weights), in the bundle's precision layout."""
-    from seenn_deploy.export.precision import for_precision
+    from seenn_deploy.export.bundle_layout import bundle_layout
     from seenn_deploy.files import file_sha256
     from seenn_deploy.snn.checkpoint import WEIGHTS_FILE, load_checkpoint, load_policy
 
@@ -93,7 +102,7 @@ def graph_modules(bundle: Path, manifest: Manifest, checkpoint: Path | None = No
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if expected and file_sha256(weights) != expected:
         raise UserError(f"{path} is not the checkpoint {bundle} was exported from (weights hash differs)")
-    model = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
+    model = bundle_layout(model, bundle, manifest)
 
     def module(role: str) -> nn.Module:
         if role == "encoder":

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 SPIKE_COMPARES = ("GreaterOrEqual", "Greater")
 # Defaults: FP32 must agree exactly up to rare ties; FP16 rounds membranes, so some spikes flip; INT8 rounds
 # only weights (pair: ~15 bits, flips 2e-6 on Fashion-MNIST; single: 8 bits, flips 7e-4, agreement 98.6-99.5 %).
-TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2), "int8": (0.99, 1e-2)}
+# int8+fp16 rounds the weights as int8 and, in FP16, the analog input layer's output and the membranes, so spikes
+# flip from the first layer on: pair weights agreed 99.3-99.8 % on Fashion-MNIST and 98.2-99.3 % on the CIFAR-10
+# short model (ORT and torch backends, t = 1..4, flips 3e-4..5e-3).
+TOLERANCES = {"fp32": (0.999, 1e-4), "fp16": (0.99, 1e-2), "int8": (0.99, 1e-2), "int8+fp16": (0.98, 1e-2)}
 # FP32 bundles flip 1e-7..1e-6 of spikes (summation order decides exact ties at the threshold):
 # below this, a layer's flips say nothing about FP16.
 HINT_MIN_FLIP_RATE = 1e-6
@@ -47,7 +50,7 @@ REFERENCE_FILE = "reference.npz"
 # logits differ from the framework's by more than this at some t counts as a mismatch. INT8 as FP16: with no spike
 # flipped, rounded weights move the logits by 1e-4 (pair) to 1e-2 (single) on the snnTorch net of
 # tests/export/test_verify_foreign.py; a flip moves them by about a weight (0.2-0.6 there) and counts.
-LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "int8": 5e-2}
+LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "int8": 5e-2, "int8+fp16": 5e-2}
 
 
 @dataclass
@@ -65,7 +68,7 @@ class VerifyReport:
     bundle_accuracy: list[float] | None
     min_agreement: float
     max_flip_rate: float
-    hint: str | None = None  # fp16 with flips: which layer to keep in FP32
+    hint: str | None = None  # fp16 with flips: which layer to keep in FP32; int8 single weights short: the pair
     checks: list[ReferenceCheck] = field(default_factory=list)  # foreign bundles: each comparison made
     problems: list[str] = field(default_factory=list)  # foreign bundles: what fails outright
 
@@ -194,7 +197,8 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
 
     backend "ort": the shipped graphs on ONNX Runtime's CPU provider, spikes read from the step
     graph; it runs FP16 layers in FP32 on the FP16 weights (outputs unrounded). "torch": the
-    bundle's layout (precision, FP32 layers, FP16 weights) on torch ops, multi-step, spikes
+    bundle's layout (precision, FP32 layers, FP16 weights, the step graph's INT8 weights: bundle_layout) on torch
+    ops, multi-step, spikes
     from its neurons: real FP16 arithmetic for an fp16 bundle. `providers` (ort) and `device` (torch: cpu
     or cuda:N) say where the bundle side runs; the reference runs on the CPU.
     """
@@ -213,9 +217,9 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         logits, prediction = trace.logits, trace.prediction
         spikes = {layer: (name, trace.extra[name]) for name, layer in zip(spike_names, ref_spikes)}
     elif backend == "torch":
-        from seenn_deploy.export.precision import for_precision
+        from seenn_deploy.export.bundle_layout import bundle_layout
 
-        laid_out = for_precision(model, manifest.precision, manifest.fp32_layers, manifest.fp16_weights)
+        laid_out = bundle_layout(model, bundle, manifest)
         logits, layer_spikes = reference_trace(laid_out, data.x, normalisation, steps, batch_size, device)
         prediction = cumulative_mean(logits).argmax(-1)
         spikes = {layer: (layer, got) for layer, got in layer_spikes.items()}
@@ -240,7 +244,14 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         flips += layer_flips
         total += ref.size
     labels = data.y
+    floor = default_agreement if min_agreement is None else min_agreement
     hint = fp32_hint(model, layer_flip_rates, manifest) if manifest.precision == "fp16" else None
+    if manifest.precision.startswith("int8") and manifest.fp16_weights == "single" and min(agreement) < floor:
+        tuned = "int8_tuning" in manifest.provenance
+        measured = ", agreement >= 99.97 % on Fashion-MNIST and CIFAR-10" if manifest.precision == "int8" else ""
+        hint = (f"{'tuned ' if tuned else ''}single INT8 weights keep 8 bits: export with --int8-weights pair (the "
+                f"default: about 15 bits{measured})"
+                f"{'' if tuned else ', or --int8-weights tuned (single weights chosen on calibration data)'}")
 
     def accuracy(pred: np.ndarray) -> list[float] | None:
         return None if labels is None else [float(v) for v in (pred == labels).mean(axis=1)]
@@ -252,7 +263,7 @@ def verify_bundle(bundle: Path, manifest: Manifest, model: SpikingModel, data: A
         layer_flip_rates=layer_flip_rates,
         hint=hint,
         reference_accuracy=accuracy(ref_pred), bundle_accuracy=accuracy(prediction),
-        min_agreement=default_agreement if min_agreement is None else min_agreement,
+        min_agreement=floor,
         max_flip_rate=default_flips if max_flip_rate is None else max_flip_rate,
     )
 

@@ -40,7 +40,7 @@ class EngineMeta:
     tensorrt_version: str  # tensorrt.__version__ at build time, e.g. "10.3.0"
     gpu_name: str  # cudaDeviceProp.name, e.g. "Orin"
     compute_capability: str  # "major.minor", e.g. "8.7"
-    precision: str  # the bundle's precision the plan was built for: "fp32", "fp16"
+    precision: str  # the bundle's precision the plan was built for: "fp32", "fp16", "int8", "int8+fp16"
     profile: dict[str, int] = field(default_factory=lambda: {"min": 1, "opt": 1, "max": 1})
     created: str = ""  # ISO 8601, UTC
     onnx_sha256: str = ""  # hash of the ONNX graph it was built from

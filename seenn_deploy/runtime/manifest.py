@@ -21,7 +21,8 @@ FORMAT = "seenn-deploy.bundle"
 FORMAT_VERSION = 1
 FIX = "re-export the bundle"
 ACCUMULATIONS = ("mean", "sum")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8+fp16")
+INT8_PRECISIONS = ("int8", "int8+fp16")  # graphs with explicit Q/DQ nodes (export/qdq.py)
 LAYOUTS = {"static": "CHW", "event": "TCHW"}  # input.kind -> input.layout
 MAX_ELEMENTS = 1 << 28  # per sample, in any one shape: 1 GiB of float32
 MAX_TIMESTEPS, MAX_BATCH = 4096, 65536  # the bounds bundle.schema.json sets on timesteps and max_batch
@@ -88,8 +89,8 @@ class Manifest:
     timesteps: int  # T_max
     exit: ExitInfo
     precision: str = "fp32"
-    fp32_layers: list[str] = field(default_factory=list)  # fp16 / int8: weighted layers kept in FP32 besides the default ones
-    fp16_weights: str = "pair"  # fp16 / int8: "pair" (hi + lo FP16 or INT8 weights) or "single" (rounded once)
+    fp32_layers: list[str] = field(default_factory=list)  # fp16 / int8(+fp16): weighted layers kept in FP32 besides the default ones
+    fp16_weights: str = "pair"  # fp16 / int8(+fp16): "pair" (hi + lo FP16 or INT8 weights) or "single" (rounded once)
     max_batch: int = 256
     arch: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)

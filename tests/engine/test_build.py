@@ -352,6 +352,37 @@ def test_an_int8_bundle_builds_int8_only_and_needs_its_qdq_nodes(int8_bundle, bu
     assert not (copy / ENGINES_DIR).exists() and not (bundle / ENGINES_DIR).exists()
 
 
+@pytest.fixture(scope="module")
+def int8_fp16_bundle(digits_checkpoint, tmp_path_factory):
+    from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
+
+    out = tmp_path_factory.mktemp("int8fp16") / "digits.int8fp16.seenn"
+    export_checkpoint(digits_checkpoint, out, ExportOptions(precision="int8+fp16", encoder_split="on", max_batch=64))
+    return out
+
+
+def test_an_int8_fp16_bundle_builds_strongly_typed_and_as_itself_only(int8_fp16_bundle, bundle, fake_build, tmp_path,
+                                                                      run_cli):
+    """FP16 scales and FP16 float side in the graph: strongly typed on TensorRT 10 and 11, no flag (the stand-in fails
+    a strongly typed build with one); int8+fp16 engines only, and never from a bundle of another precision."""
+    copy = shutil.copytree(int8_fp16_bundle, tmp_path / "b")
+    for version in ("10.3.0", "11.0.1"):
+        trt, cudart = fake_build(version)
+        engines = build_engines(copy, BuildOptions(), quiet)
+        assert [e.meta.role for e in engines] == ["step", "encoder"] and cudart.copies == []
+        for engine, (network, config) in zip(engines, trt.built):
+            assert network.flags == (1 << 1 if version.startswith("10.") else 0) and config.flags == set()
+            assert engine.meta.precision == "int8+fp16" and engine.meta.build["network"] == STRONG
+            assert config.calibration_profile is None
+        shutil.rmtree(copy / ENGINES_DIR)
+    for precision in ("fp32", "fp16", "int8"):
+        line = run_cli("build", copy, "--precision", precision).error()
+        assert "is an int8+fp16 bundle" in line and "build int8+fp16 engines only" in line
+    line = run_cli("build", bundle, "--precision", "int8+fp16").error()
+    assert "is an fp32 bundle" in line and "--precision int8+fp16" in line
+    assert not (copy / ENGINES_DIR).exists() and not (bundle / ENGINES_DIR).exists()
+
+
 def test_the_stand_in_fails_a_precision_flag_on_a_strongly_typed_network(fake_build):
     trt, _ = fake_build("10.3.0")
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
@@ -480,7 +511,7 @@ def gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int8+fp16"])
 def test_real_engines_predict_as_onnx_runtime(gpu, precision, request, run_cli, tmp_path):
     from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
     from seenn_deploy.runtime import Runtime

@@ -273,6 +273,20 @@ def test_snntorch_model_exports_with_exact_spikes(mechanism, readout, tmp_path):
 
 
 @needs_snntorch
+def test_a_foreign_model_exports_with_tuned_int8_weights(tmp_path):
+    net = snntorch_net("subtract")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=torch.rand(80, C, H, H, generator=torch.Generator().manual_seed(7)).numpy(),
+             y=np.zeros(80, np.int64))
+    options = ExportOptions(max_batch=8, precision="int8", int8_weights="tuned", calib_data=f"npz:{calib}",
+                            calib_samples=32)
+    manifest = export_model(net, sample(3), tmp_path / "b", timesteps=T, options=options)
+    tuning = manifest.provenance["int8_tuning"]
+    assert manifest.fp16_weights == "single" and tuning["samples"] == 32 and tuning["held_out"] is None
+    assert tuning["flip_rate_after"] <= tuning["flip_rate_before"]
+
+
+@needs_snntorch
 @pytest.mark.parametrize("mechanism", ["subtract", "zero", "none"])
 def test_snntorch_leaky_without_reset_delay_matches(mechanism):
     import snntorch as snn

@@ -264,8 +264,8 @@ def test_grouped_conv_pair_is_refused_and_single_computes_the_torch_int8_layout(
 
 def test_weights_options_of_another_precision_are_refused(digits_checkpoint, tmp_path):
     """--int8-weights / --fp16-weights would otherwise be ignored silently: a non-default value needs its precision."""
-    refused = [(ExportOptions(precision="fp32", int8_weights="single"), "--int8-weights single .* int8 only, not fp32"),
-               (ExportOptions(precision="fp16", int8_weights="single"), "--int8-weights single .* int8 only, not fp16"),
+    refused = [(ExportOptions(precision="fp32", int8_weights="single"), r"--int8-weights single .* int8 and int8\+fp16 only, not fp32"),
+               (ExportOptions(precision="fp16", int8_weights="single"), r"--int8-weights single .* int8 and int8\+fp16 only, not fp16"),
                (ExportOptions(precision="int8", fp16_weights="single"), "--fp16-weights single .* fp16 only, not int8")]
     for options, fragment in refused:
         with pytest.raises(UserError, match=fragment):

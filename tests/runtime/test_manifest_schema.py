@@ -109,7 +109,7 @@ BAD_VALUES = [
     ("graphs.step", "/etc/passwd", r"graphs\.step '/etc/passwd' is not a relative path inside the bundle"),
     ("graphs.step", "../other.seenn/step.onnx", r"graphs\.step '\.\./other\.seenn/step\.onnx' is not a relative path"),
     ("graphs.encoder", "step.onnx", r"graphs .* name one file for two roles"),
-    ("precision", "int4", r"precision: 'int4' is not one of \['fp32', 'fp16', 'int8'\]"),
+    ("precision", "int4", r"precision: 'int4' is not one of \['fp32', 'fp16', 'int8', 'int8\+fp16'\]"),
     ("provenance", [], r"provenance: \[\] is not of type 'object'"),
     ("arch", 7, r"arch: 7 is not of type 'string'"),
     ("extra_field", 1, r"Additional properties are not allowed \('extra_field' was unexpected\)"),
