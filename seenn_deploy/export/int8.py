@@ -39,7 +39,7 @@ A quantized layer then computes as TensorRT's fused INT8 kernels do: the exact i
 s_x * s_w in FP32, plus the FP16 bias, rounded to FP16 (`QuantCompute`). Measured with `verify`
 (10,000 test images, t = 1..4, pair weights): the FP16 analog layer and membranes flip spikes from the
 first layer on, so agreement with FP32 is 99.3-99.8 % on Fashion-MNIST and 98.2-99.3 % on CIFAR-10
-(single: 99.2-99.5 % and 97.8-98.1 %), accuracy within 0.2 points; the torch layout rounds every FP16
+(single: 99.2-99.5 % and 97.8-98.1 %), accuracy within 0.23 points; the torch layout rounds every FP16
 op (flips 5e-3 on Fashion-MNIST), ONNX Runtime's CPU provider only the states between steps (3e-4).
 """
 
