@@ -34,12 +34,13 @@ type of its input; T1 float16, bfloat16 or float32), so each weight scale is the
 value >= max|w_c| / 127 (`fp16_ceil`: |q| <= 127 still holds, and the error bound with it), the
 activation scales are rounded to FP16 (exact for 0/1 spikes and 2x2 pools; a step like 1/9 rounds,
 but QuantizeLinear still recovers every count k <= 127 exactly, which is what the INT8 kernel
-multiplies), and a pair's low part is quantized against its own FP16 scale, fp16_ceil(scale / 254).
+multiplies), and a pair's low part is quantized against its own FP16 scale, fp16_ceil(scale / 254), no
+smaller than FP16's least normal number (`low_scale`).
 A quantized layer then computes as TensorRT's fused INT8 kernels do: the exact integer sum times
 s_x * s_w in FP32, plus the FP16 bias, rounded to FP16 (`QuantCompute`). Measured with `verify`
 (10,000 test images, t = 1..4, pair weights): the FP16 analog layer and membranes flip spikes from the
 first layer on, so agreement with FP32 is 99.3-99.8 % on Fashion-MNIST and 98.2-99.3 % on CIFAR-10
-(single: 99.2-99.5 % and 97.8-98.1 %), accuracy within 0.23 points; the torch layout rounds every FP16
+(single: 99.2-99.5 % and 97.8-98.1 %), accuracy within 0.2 point; the torch layout rounds every FP16
 op (flips 5e-3 on Fashion-MNIST), ONNX Runtime's CPU provider only the states between steps (3e-4).
 """
 
@@ -68,6 +69,7 @@ GRID_TOLERANCE = 1e-3  # in grid steps: pools that divide by 3 or 9 leave float 
 EXACT_FP32_SUM = 1 << 24  # integer sums below this are exact in FP32
 INT8_WEIGHTS = ("pair", "single")
 FP16_MAX = float(torch.finfo(torch.float16).max)
+FP16_MIN_NORMAL = float(torch.finfo(torch.float16).tiny)  # 2^-14: smaller FP16 numbers are subnormal
 LOW_STEPS = 2 * QMAX  # "pair": the low part's step is the high part's / 254, so |low| <= 127
 
 
@@ -81,9 +83,12 @@ def fp16_ceil(values: Tensor) -> Tensor:
 
 
 def low_scale(scale: Tensor | np.ndarray, half: bool = False) -> Tensor | np.ndarray:
-    """A pair's low-part scale from its high scale: scale / 254, or with `half` its own FP16 scale (fp16_ceil)."""
+    """A pair's low-part scale from its high scale: scale / 254, or with `half` its own FP16 scale: the smallest FP16
+    number >= scale / 254 and no smaller than FP16's least normal number. Weights below about 2 would give
+    subnormal scales, which TensorRT warns about and may flush (NVIDIA/TensorRT#2600); a coarser low step only
+    costs those channels some of the pair's precision, and |low| <= 127 holds as long as the step is >= scale / 254."""
     tensor = torch.as_tensor(scale, dtype=torch.float32)
-    low = fp16_ceil(tensor / LOW_STEPS) if half else tensor / LOW_STEPS
+    low = torch.clamp(fp16_ceil(tensor / LOW_STEPS), min=FP16_MIN_NORMAL) if half else tensor / LOW_STEPS
     return low.numpy().astype(np.float32) if isinstance(scale, np.ndarray) else low
 
 
