@@ -354,7 +354,8 @@ def _verify_foreign(bundle, manifest, source, data_spec, weights, samples, batch
     echo(f"{bundle} (ort) vs {foreign.get('framework')} {foreign.get('framework_version')}: T={report.timesteps}, "
          f"{report.precision}")
     if note:
-        echo(f"  {note}: checked on the reference set stored at export only, not on {data_spec}")
+        unused = f" (--samples {samples} unused)" if samples is not None else ""
+        echo(f"  {note}: checked on the reference set stored at export only, not on {data_spec}{unused}")
     for check in report.checks:
         echo(f"  {check.source}: {check.samples} samples, logits within {check.tolerance:g} for "
              f"{100 * (1 - check.mismatch_rate):.2f}% of them")

@@ -474,3 +474,15 @@ def test_check_sample_shape_and_subset():
     events.check_sample_shape((2, 3, 3))  # one frame per timestep
     with user_error(r"4x2x3x3 event samples \(T x C x H x W\)"):
         events.check_sample_shape((1, 3, 3))
+
+
+def test_single_file_splits_are_the_rows_every_checkpoint_was_made_with():
+    """The train/test split of a single-file source (npz, imagefolder without split folders) comes from numpy's
+    Generator, whose streams numpy does not promise to keep across versions. These rows are pinned: if a numpy
+    upgrade changes them, test rows of old checkpoints would become training rows silently; this fails instead."""
+    from seenn_deploy.data.dataset import single_file_rows
+
+    test, train = single_file_rows(1000, "test"), single_file_rows(1000, "train")
+    assert test[:12].tolist() == [322, 772, 217, 352, 593, 591, 695, 188, 751, 341, 916, 3]
+    assert train[:5].tolist() == [459, 206, 222, 162, 711]
+    assert len(test) == 100 and sorted([*test, *train]) == list(range(1000))

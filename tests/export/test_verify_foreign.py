@@ -228,6 +228,7 @@ def test_verify_checks_an_in_memory_export_on_its_stored_reference_set(run_cli, 
     result, report = verify(run_cli, tmp_path / "mem", tmp_path)
     assert result.code == 0, result.out + result.err
     assert "exported in memory" in result.out and len(report["checks"]) == 1 and report["passed"]
+    assert f"(--samples {VERIFY_SAMPLES} unused)" in result.out  # the stored set has its own size
     result, report = verify(run_cli, tamper(tmp_path / "mem", tmp_path / "bad"), tmp_path)
     assert result.code == 1 and not report["passed"]
 
