@@ -698,6 +698,27 @@ def test_stand_in_device_states_match_the_numpy_path(fake_bundle, fake_cuda, dig
     assert not cudart.memory and not cudart.execs  # close() freed every buffer and graph
 
 
+def test_stand_in_runs_fp16_states_of_an_int8_fp16_bundle_exactly(digits_checkpoint, fake_cuda, digits, tmp_path):
+    """int8+fp16 bundles carry their membranes as FP16 states: two-byte rows in the executor's device buffers, its
+    uploads and its ping-pong graphs. The stand-in's plans are the bundle's graphs, so any byte mixed up shows."""
+    from seenn_deploy.export.exporter import ExportOptions, export_checkpoint
+    from seenn_deploy.runtime.executors.trt import open_trt_graphs
+
+    bundle = tmp_path / "digits.int8fp16.seenn"
+    manifest = export_checkpoint(digits_checkpoint, bundle, ExportOptions(precision="int8+fp16", encoder_split="on",
+                                                                           max_batch=64))
+    assert {s.dtype for s in manifest.states} == {"float16", "float32"}
+    for role, rel in manifest.graphs.items():
+        add_plan(bundle, (bundle / rel).read_bytes(), role=role, precision=manifest.precision,
+                 gpu_name="Fake GPU", compute_capability="8.7", onnx_sha256=file_sha256(bundle / rel))
+    fake_cuda()
+    assert_run_matches_ort(bundle, manifest, digits.x[:60], atol=0)
+    encoded = encode(bundle, manifest, digits.x[:40])
+    with open_trt_graphs(bundle, manifest)("step") as step:
+        assert_device_states_match_numpy_path(step, bundle, manifest, encoded, batch=7, steps=10, atol=0)
+    assert_runtime_equals_ort(bundle, digits.x[:80], exact=True)
+
+
 def test_stand_in_graphs_are_captured_once_per_batch_not_per_infer(fake_bundle, fake_cuda, digits):
     bundle, _ = fake_bundle
     cudart = fake_cuda()
