@@ -24,7 +24,7 @@ spikes and predictions agree with FP32 on 99.16-99.55 % (keeping the classifier 
 nothing: the flips come from the hidden layers); the pair flips 5e-6 and 6e-5 and agrees on
 99.99-100 %, accuracy unchanged. The CIFAR-10 CNN: single 97.9-98.2 %, pair 99.97-99.99 %.
 Spike-count-aware rounding ("tuned": single weights chosen on calibration data, int8_rounding.py)
-halves the single weights' flips (Fashion-MNIST 99.47-99.75 %, CIFAR-10 98.4-99.0 %); only the
+cuts the single weights' test flips 2.3-3.4x (Fashion-MNIST 99.47-99.75 %, CIFAR-10 98.4-99.0 %); only the
 pair closes the gap, for twice the INT8 products.
 
 `--precision int8+fp16` (`half=True` below) is the same INT8 layout with the float side in FP16,
