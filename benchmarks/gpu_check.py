@@ -440,7 +440,7 @@ def check_env(cpu: bool) -> dict:
         import torch
 
         from seenn_deploy.profile.nvml import cuda_bus_id
-        from seenn_deploy.runtime.executors.trt import cuda_version, gpu_info, load_cudart
+        from seenn_deploy.runtime.executors.cuda_runtime import cuda_version, gpu_info, load_cudart
 
         rt = load_cudart()
         res.update(torch_cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(0), gpu_info=gpu_info(rt),

@@ -199,7 +199,8 @@ def build_engines(bundle: Path, options: BuildOptions | None = None,
 
 
 def _build(plan: BuildPlan, log: Callable[[str], None]) -> list[BuiltEngine]:
-    from seenn_deploy.runtime.executors.trt import CudaCalls, gpu_info, load_cudart, load_tensorrt, trt_logger
+    from seenn_deploy.runtime.executors.cuda_runtime import CudaCalls, gpu_info, load_cudart
+    from seenn_deploy.runtime.executors.trt import load_tensorrt, trt_logger
 
     options = plan.options
     trt = load_tensorrt(PURPOSE)

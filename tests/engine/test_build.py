@@ -498,7 +498,7 @@ def gpu():
     GPU without a working cuda-python fail: a broken install, not a machine without the hardware."""
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: the real build needs "
                               "pip install 'seenn-deploy[trt-cu12]' and a CUDA GPU")
-    from seenn_deploy.runtime.executors.trt import gpu_info, load_cudart
+    from seenn_deploy.runtime.executors.cuda_runtime import gpu_info, load_cudart
 
     cudart = load_cudart()  # MissingDependency here fails the test
     try:

@@ -805,7 +805,7 @@ def trt_and_gpu():
     a GPU but no (or the wrong) cuda-python fails: that is a broken install, not a machine without the hardware."""
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: these tests need "
                               "pip install 'seenn-deploy[trt-cu12]' and a CUDA GPU")
-    from seenn_deploy.runtime.executors.trt import gpu_info, load_cudart
+    from seenn_deploy.runtime.executors.cuda_runtime import gpu_info, load_cudart
 
     cudart = load_cudart()  # MissingDependency here fails the test
     try:

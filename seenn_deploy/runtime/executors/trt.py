@@ -3,8 +3,8 @@
 Written against the name-based TensorRT 10 / 11 Python API (`num_io_tensors`, `get_tensor_name`,
 `get_tensor_mode`, `get_tensor_profile_shape`, `set_input_shape`, `set_tensor_address`,
 `execute_async_v3`) and cuda-python's runtime bindings (`cuda.bindings.runtime`, or `cuda.cudart`
-on older 12.x releases), whose every call returns a tuple `(cudaError_t, *results)`; `CudaCalls`
-checks it. tensorrt and cuda are imported lazily, so the runtime imports without them.
+on older 12.x releases), whose every call returns a tuple `(cudaError_t, *results)`;
+`cuda_runtime.CudaCalls` checks it. tensorrt and cuda are imported lazily, so the runtime imports without them.
 
 Two ways to run a graph:
 
@@ -34,8 +34,8 @@ Two ways to run a graph:
   plans cannot be captured) is undone (graph destroyed, CUDA's error cleared), reported once as
   a RuntimeWarning and in `graph_error`, and the executor goes on without graphs.
 
-Driver and bindings: cuda-python 13 needs a driver for CUDA 13 (580+). Where the driver is older
-than the bindings, the error names both CUDA versions and the extra that matches the driver.
+The cuda-python side (loading the bindings, checking calls, the driver and the GPU) is
+cuda_runtime.py.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from seenn_deploy.errors import MissingDependency, UserError
+from seenn_deploy.errors import UserError
 from seenn_deploy.lazy import require
 from seenn_deploy.files import file_sha256
 from seenn_deploy.runtime.bundle import bundle_path
@@ -58,31 +58,15 @@ from seenn_deploy.runtime.engine_meta import (
     EngineMeta, check_engine_compat, check_engine_source, find_engine, meta_path, read_engine_meta,
 )
 from seenn_deploy.runtime.executors.base import DeviceStates, Executor, TensorInfo, slot_rows
+from seenn_deploy.runtime.executors.cuda_runtime import PURPOSE, CudaCalls, CudaError, gpu_info, load_cudart
 from seenn_deploy.runtime.manifest import CONFIDENCE, LOGITS, PREDICTION, RESET, X, Manifest
 
-PURPOSE = "the trt backend"
-INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver, the same number in CUDA 12 and 13
 _LOGGERS: dict[int, tuple] = {}  # one TensorRT logger per process (per tensorrt module): id -> (module, logger)
-
-
-class CudaError(UserError):
-    """A CUDA runtime call failed (out of memory, a lost device, ...); the message names the call."""
 
 
 def load_tensorrt(purpose: str = PURPOSE):
     """`tensorrt`, or MissingDependency naming the extras (trt-cu12, trt-cu13) and where TensorRT comes from."""
     return require("tensorrt", purpose)
-
-
-def load_cudart(purpose: str = PURPOSE):
-    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+ and 13), else the older `cuda.cudart`."""
-    try:
-        return require("cuda.bindings.runtime", purpose)
-    except MissingDependency as first:
-        try:
-            return require("cuda.cudart", purpose)
-        except MissingDependency:
-            raise first from None
 
 
 def trt_logger(trt):
@@ -92,63 +76,6 @@ def trt_logger(trt):
         logger = trt.Logger(trt.Logger.WARNING)
         _LOGGERS[id(trt)] = (trt, logger)
     return logger
-
-
-class CudaCalls:
-    """Calls `cudart.<name>(*args)`, raises CudaError unless it returned cudaSuccess, returns the results."""
-
-    def __init__(self, cudart) -> None:
-        self.rt = cudart
-        self.success = cudart.cudaError_t.cudaSuccess
-
-    def __call__(self, name: str, *args):
-        err, *results = getattr(self.rt, name)(*args)
-        if err != self.success:
-            raise CudaError(f"CUDA call {name} failed: {getattr(err, 'name', err)}")
-        return results[0] if len(results) == 1 else tuple(results)
-
-
-def cuda_version(number: int) -> str:
-    """12020 -> '12.2' (CUDA's 1000 * major + 10 * minor)."""
-    return f"{number // 1000}.{number % 1000 // 10}"
-
-
-def driver_too_old(cudart) -> str | None:
-    """Why the driver cannot run these bindings (naming both CUDA versions and the fix), or None when it can."""
-    try:
-        driver = cudart.cudaDriverGetVersion()[1]
-        bindings = cudart.cudaRuntimeGetVersion()[1]
-    except Exception:  # noqa: BLE001 - an old binding without these calls: nothing more to say
-        return None
-    if driver == 0:
-        return "no NVIDIA driver is installed (cudaDriverGetVersion reports 0)"
-    if driver // 1000 >= bindings // 1000:
-        return None
-    major = driver // 1000
-    return (f"the NVIDIA driver supports CUDA {cuda_version(driver)}, but the installed cuda-python is built for CUDA "
-            f"{cuda_version(bindings)}: install the bindings for the driver (pip install 'seenn-deploy[trt-cu{major}]', "
-            f"which pins cuda-python {major}.x and TensorRT for CUDA {major}), or update the driver")
-
-
-def gpu_info(cudart, device: int = 0, fix: str | None = None) -> tuple[str, str]:
-    """(name, compute capability 'major.minor') of CUDA device `device`; UserError ending in `fix` when there is none,
-    or naming the versions when the driver is too old for the bindings."""
-    fix = fix or "the trt backend needs an NVIDIA GPU and its driver; on this machine use backend='ort'"
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception as exc:  # the driver library itself is missing
-        raise UserError(f"no CUDA device was found ({exc}): {fix}") from None
-    if int(err) == INSUFFICIENT_DRIVER or (err != cudart.cudaError_t.cudaSuccess and driver_too_old(cudart)):
-        raise UserError(driver_too_old(cudart) or "the NVIDIA driver is too old for the installed cuda-python "
-                        "(cudaErrorInsufficientDriver): update the driver, or install cuda-python of the driver's "
-                        "CUDA major version (pip install 'seenn-deploy[trt-cu12]')")
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        raise UserError(f"no CUDA device was found ({getattr(err, 'name', err)}): {fix}")
-    if not 0 <= device < count:
-        raise UserError(f"CUDA device {device} does not exist: this machine has {count} (0..{count - 1})")
-    props = CudaCalls(cudart)("cudaGetDeviceProperties", device)
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return name.split("\x00")[0].strip(), f"{props.major}.{props.minor}"
 
 
 @dataclass
