@@ -41,6 +41,34 @@ class CliResult:
         return lines[0]
 
 
+@pytest.fixture(scope="module")
+def policy_bundle(digits_checkpoint, tmp_path_factory):
+    """(checkpoint, bundle): a copy of the digits checkpoint with a SEENN-II policy over candidates [1, 2, 4] that
+    `train-policy`'s trainer fit to answer candidate (label mod 3), so it sends samples to every candidate, and its
+    export. Module scope: a test module may rewrite the bundle (calibrate does) without touching another's."""
+    import shutil
+
+    import numpy as np
+
+    from seenn_deploy.export.exporter import export_checkpoint
+    from seenn_deploy.snn.checkpoint import read_config
+    from seenn_deploy.train.policy_trainer import PolicyConfig, PolicyData, PolicyTrainer, training_rows
+
+    candidates = [1, 2, 4]
+    checkpoint = shutil.copytree(digits_checkpoint, tmp_path_factory.mktemp("policy") / "ckpt")
+    fit, val = training_rows(read_config(checkpoint), checkpoint, "digits")
+
+    def answers(labels: np.ndarray) -> np.ndarray:
+        return np.arange(len(candidates))[None, :] >= (labels % 3)[:, None]
+
+    config = PolicyConfig(checkpoint, "digits", beta=1.0, candidates=candidates, epochs=3, width=8)
+    PolicyTrainer(config, log=lambda s: None, progress=False,
+                  data=PolicyData(fit, val, answers(fit.y), answers(val.y))).run()
+    bundle = checkpoint.parent / "policy.seenn"
+    export_checkpoint(checkpoint, bundle)
+    return checkpoint, bundle
+
+
 @pytest.fixture
 def run_cli(capsys):
     """`seenn-deploy ARGS` in this process, through `seenn_deploy.cli.main`, as a CliResult."""

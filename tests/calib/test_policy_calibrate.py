@@ -4,7 +4,6 @@ exit's own exact sweep, and the runtime then gives, sample by sample, the figure
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,34 +11,11 @@ import pytest
 from seenn_deploy.data import parse_data_spec
 from seenn_deploy.runtime import Runtime, read_manifest
 
-CANDIDATES = [1, 2, 4]
 
-
-@pytest.fixture(scope="module")
-def policy_bundle(digits_checkpoint, tmp_path_factory):
-    """A bundle whose policy sends digits to candidate (label mod 3), so it caps samples at 1, 2 and 4 steps."""
-    from seenn_deploy.export.exporter import export_checkpoint
-    from seenn_deploy.snn.checkpoint import read_config
-    from seenn_deploy.train.policy_trainer import PolicyConfig, PolicyData, PolicyTrainer, training_rows
-
-    checkpoint = shutil.copytree(digits_checkpoint, tmp_path_factory.mktemp("policy_calib") / "ckpt")
-    fit, val = training_rows(read_config(checkpoint), checkpoint, "digits")
-
-    def answers(labels: np.ndarray) -> np.ndarray:
-        return np.arange(len(CANDIDATES))[None, :] >= (labels % 3)[:, None]
-
-    config = PolicyConfig(checkpoint, "digits", beta=1.0, candidates=CANDIDATES, epochs=3, width=8)
-    PolicyTrainer(config, log=lambda s: None, progress=False,
-                  data=PolicyData(fit, val, answers(fit.y), answers(val.y))).run()
-    bundle = checkpoint.parent / "policy.seenn"
-    export_checkpoint(checkpoint, bundle)
-    return bundle
-
-
-@pytest.mark.slow
 def test_calibrate_chooses_policy_confidence_on_its_own_sweep_and_the_runtime_agrees(run_cli, policy_bundle, tmp_path):
+    _, bundle = policy_bundle  # tests/conftest.py: candidates [1, 2, 4], each one picked
     out = tmp_path / "calib.json"
-    result = run_cli("calibrate", policy_bundle, "--target-drop", "1", "--no-plots", "--quiet", "--json", out)
+    result = run_cli("calibrate", bundle, "--target-drop", "1", "--no-plots", "--quiet", "--json", out)
     assert result.code == 0, result.err
     policy = json.loads(out.read_text())["policy"]
     chosen, on_test = policy["chosen"], policy["test"]["chosen"]
@@ -47,15 +23,15 @@ def test_calibrate_chooses_policy_confidence_on_its_own_sweep_and_the_runtime_ag
     cost = policy["cost"]  # the policy's price beside the SNN's: MACs against one timestep, time per sample
     assert cost["macs"] > 0 and cost["share_of_step"] == pytest.approx(cost["macs"] / cost["snn_step_macs"])
     assert cost["ms_per_sample"] > 0 and f"policy: {cost['macs']:,} MACs" in result.out
-    manifest = read_manifest(policy_bundle)
+    manifest = read_manifest(bundle)
     assert manifest.exit.kind == "policy" and manifest.exit.alpha == pytest.approx(chosen["alpha"])
     full = json.loads(out.read_text())["choice"]["fixed"][-1]["accuracy"]
     assert chosen["accuracy"] >= full - 0.01 - 1e-12  # the target holds on the choice set
     assert chosen["avg_timesteps"] <= policy["policy"]["avg_timesteps"]  # a cap never adds steps
     test = parse_data_spec("digits").load("test")
-    with Runtime.from_bundle(policy_bundle) as runtime:  # the default: the plain policy
+    with Runtime.from_bundle(bundle) as runtime:  # the default: the plain policy
         plain = runtime.infer(test.x)
-    with Runtime.from_bundle(policy_bundle, exit="policy+confidence") as runtime:  # the alpha calibrate wrote
+    with Runtime.from_bundle(bundle, exit="policy+confidence") as runtime:  # the alpha calibrate wrote
         combined = runtime.infer(test.x)
     for results, figures in ((plain, policy["test"]["policy"]), (combined, on_test)):
         steps = np.array([r.timesteps for r in results])

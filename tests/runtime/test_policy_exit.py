@@ -3,8 +3,6 @@ in every scheduler mode and backend; and the combined exit, policy+confidence:AL
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -14,7 +12,7 @@ from seenn_deploy.runtime import Policy, Runtime, read_manifest, run_timesteps
 from seenn_deploy.runtime.exit import PolicyConfidence, parse_exit
 from seenn_deploy.runtime.loop import open_bundle_graphs
 
-CANDIDATES = [1, 2, 4]
+CANDIDATES = [1, 2, 4]  # those of tests/conftest.py's policy_bundle
 ALPHA = 0.9
 MODES = [("slots", True), ("slots", False), ("compact", False), ("naive", False)]
 MODE_IDS = ["slots-device-states", "slots-host-states", "compact", "naive"]
@@ -23,28 +21,6 @@ MODE_IDS = ["slots-device-states", "slots-host-states", "compact", "naive"]
 @pytest.fixture(scope="module")
 def digits():
     return parse_data_spec("digits").load("test")
-
-
-@pytest.fixture(scope="module")
-def policy_bundle(digits_checkpoint, tmp_path_factory):
-    """A bundle whose policy `train-policy`'s trainer wrote: trained on the digits checkpoint's fit rows to answer
-    candidate (label mod 3), so that it sends samples to every candidate."""
-    from seenn_deploy.export.exporter import export_checkpoint
-    from seenn_deploy.snn.checkpoint import read_config
-    from seenn_deploy.train.policy_trainer import PolicyConfig, PolicyData, PolicyTrainer, training_rows
-
-    checkpoint = shutil.copytree(digits_checkpoint, tmp_path_factory.mktemp("policy") / "ckpt")
-    fit, val = training_rows(read_config(checkpoint), checkpoint, "digits")
-
-    def answers(labels: np.ndarray) -> np.ndarray:
-        return np.arange(len(CANDIDATES))[None, :] >= (labels % 3)[:, None]
-
-    config = PolicyConfig(checkpoint, "digits", beta=1.0, candidates=CANDIDATES, epochs=3, width=8)
-    PolicyTrainer(config, log=lambda s: None, progress=False,
-                  data=PolicyData(fit, val, answers(fit.y), answers(val.y))).run()
-    bundle = checkpoint.parent / "policy.seenn"
-    export_checkpoint(checkpoint, bundle)
-    return checkpoint, bundle
 
 
 @pytest.fixture(scope="module")
